@@ -1,0 +1,49 @@
+# qcimage — `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# Debian packages: ImageMagick's library for Wand, the font the watermark uses, and the
+# real servers the end-to-end tests start (Redis, nginx) plus openssl for nginx's test cert.
+APT_PACKAGES := libmagickwand-6.q16-6 imagemagick fonts-dejavu-core redis-server nginx-light \
+                openssl wrk procps
+
+.DEFAULT_GOAL := help
+.PHONY: help system-deps venv lint test test-fast demo clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+system-deps: ## Install the Debian packages that are missing (needs root or sudo)
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## Create the virtualenv with the package and its test tools
+
+lint: venv ## flake8 over the code (configured in setup.cfg)
+	$(VENV)/bin/flake8 qcimage tests tools bench wsgi.py gunicorn.conf.py
+
+test: system-deps venv lint ## Install what is missing, lint, run the whole suite
+	$(VENV)/bin/pytest
+
+test-fast: venv ## The suite without the end-to-end tests
+	$(VENV)/bin/pytest -m "not e2e"
+
+demo: system-deps venv ## Run the stand-in upstream + gunicorn on loopback, print a key and URLs
+	$(PY) -m tools.demo
+
+clean: ## Remove the virtualenv, caches and generated samples
+	rm -rf $(VENV) *.egg-info .pytest_cache instance tools/.samples

@@ -1,0 +1,300 @@
+"""Settings read from ``QCIMAGE_*`` environment variables, validated once at start-up."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+PREFIX = "QCIMAGE_"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_GRAVITIES = ("north_west", "north", "north_east", "west", "center", "east",
+              "south_west", "south", "south_east")
+OUTPUT_FORMATS = ("webp", "jpeg", "png", "avif")
+
+
+class ConfigError(ValueError):
+    """The environment does not describe a service that can start."""
+
+
+@dataclass(frozen=True)
+class WatermarkSettings:
+    """One watermark layer as the operator configured it (text or logo)."""
+
+    text: str | None
+    logo: Path | None
+    font: Path
+    gravity: str
+    opacity: float
+    margin: float
+    scale: float
+    tile: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str
+    api_keys: dict[str, str]              # sha256 hex -> key name
+    signing_keys: tuple[str, ...]
+    public_url: str
+    upstream_url: str
+    ratelimit_storage_uri: str
+    cache_dir: Path | None
+    redis_url: str | None
+    trusted_proxies: int
+    cors_origins: tuple[str, ...]
+    force_https: bool
+    lookup_limit: str
+    image_limit: str
+    signed_url_ttl: int
+    signed_url_bucket: int
+    srcset_widths: tuple[int, ...]
+    upstream_connect_timeout: float
+    upstream_read_timeout: float
+    lookup_total_timeout: float
+    image_total_timeout: float
+    max_source_bytes: int
+    max_source_pixels: int
+    source_width: int
+    source_format: str
+    source_quality: int
+    cache_max_bytes: int
+    lookup_cache_ttl: int
+    render_wait_timeout: float
+    resize_filter: str
+    auto_formats: tuple[str, ...]
+    watermark: tuple[WatermarkSettings, ...]
+    log_format: str
+    demo_secrets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+
+def hash_api_key(key: str) -> str:
+    """The SHA-256 hex digest that ``QCIMAGE_API_KEYS`` stores for a client key."""
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class _Reader:
+    """Typed access to the environment, collecting every problem before failing."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self.environ = environ
+        self.errors: list[str] = []
+
+    def raw(self, name: str) -> str | None:
+        value = self.environ.get(PREFIX + name)
+        return value.strip() if value is not None and value.strip() != "" else None
+
+    def str(self, name: str, default: str | None) -> str | None:
+        value = self.raw(name)
+        return default if value is None else value
+
+    def int(self, name: str, default: int, lo: int, hi: int) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            self.errors.append(f"{PREFIX}{name} must be an integer, got {value!r}")
+            return default
+        if not lo <= number <= hi:
+            self.errors.append(f"{PREFIX}{name} must be between {lo} and {hi}, got {number}")
+        return number
+
+    def float(self, name: str, default: float, lo: float, hi: float) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            self.errors.append(f"{PREFIX}{name} must be a number, got {value!r}")
+            return default
+        if not lo <= number <= hi:
+            self.errors.append(f"{PREFIX}{name} must be between {lo} and {hi}, got {number}")
+        return number
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        self.errors.append(f"{PREFIX}{name} must be true or false, got {value!r}")
+        return default
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() not in choices:
+            self.errors.append(f"{PREFIX}{name} must be one of {', '.join(choices)}, got {value!r}")
+            return default
+        return value.lower()
+
+    def csv(self, name: str) -> tuple[str, ...]:
+        value = self.raw(name)
+        if value is None:
+            return ()
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+
+    def path(self, name: str, default: Path | None) -> Path | None:
+        value = self.raw(name)
+        return Path(value).expanduser() if value is not None else default
+
+
+def _parse_api_keys(reader: _Reader) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for entry in reader.csv("API_KEYS"):
+        name, _, digest = entry.partition(":")
+        digest = digest.lower()
+        if not _KEY_NAME.match(name) or not _HEX64.match(digest):
+            reader.errors.append(
+                f"{PREFIX}API_KEYS entries must be name:sha256hex (64 hex digits); "
+                f"entry {name or '?'!r} is not (create one with `qcimage keys create NAME`)")
+            continue
+        if name in keys.values():
+            reader.errors.append(f"{PREFIX}API_KEYS names must be unique; {name!r} repeats")
+        keys[digest] = name
+    return keys
+
+
+def _parse_watermark(reader: _Reader) -> tuple[WatermarkSettings, ...]:
+    default_font = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
+    font = reader.path("WATERMARK_FONT", default_font)
+    text = reader.str("WATERMARK_TEXT", "qcimage")
+    if text is not None and text.lower() == "none":
+        text = None
+    logos = [Path(p).expanduser() for p in reader.csv("WATERMARK_LOGOS")]
+    common = dict(
+        font=font,
+        gravity=reader.choice("WATERMARK_POSITION", "south_east", _GRAVITIES),
+        opacity=reader.float("WATERMARK_OPACITY", 0.7, 0.05, 1.0),
+        margin=reader.float("WATERMARK_MARGIN", 0.02, 0.0, 0.25),
+        scale=reader.float("WATERMARK_SCALE", 0.22, 0.02, 1.0),
+        tile=reader.bool("WATERMARK_TILE", False),
+    )
+    layers = []
+    if text is not None:
+        layers.append(WatermarkSettings(text=text, logo=None, **common))
+    logo_gravity = reader.choice("WATERMARK_LOGO_POSITION", common["gravity"], _GRAVITIES)
+    logo_scale = reader.float("WATERMARK_LOGO_SCALE", common["scale"], 0.02, 1.0)
+    for logo in logos:
+        layers.append(WatermarkSettings(
+            text=None, logo=logo, **{**common, "gravity": logo_gravity, "scale": logo_scale}))
+    if not layers:
+        reader.errors.append(
+            f"a watermark is required: set {PREFIX}WATERMARK_TEXT and/or {PREFIX}WATERMARK_LOGOS")
+    return tuple(layers)
+
+
+def _parse_widths(reader: _Reader) -> tuple[int, ...]:
+    values = reader.csv("SRCSET_WIDTHS") or ("480", "960", "1440")
+    if not all(v.isdigit() and 100 <= int(v) <= 2000 for v in values):
+        reader.errors.append(f"{PREFIX}SRCSET_WIDTHS entries must be integers 100-2000")
+        return (480, 960, 1440)
+    return tuple(sorted({int(v) for v in values}))
+
+
+def _check_url(reader: _Reader, name: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        reader.errors.append(f"{PREFIX}{name} must be an http(s) base URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the settings; raise ConfigError listing every problem."""
+    reader = _Reader(os.environ if environ is None else environ)
+    env = reader.choice("ENV", "production", ("production", "development"))
+    api_keys = _parse_api_keys(reader)
+    signing_keys = reader.csv("SIGNING_KEYS")
+    public_url = _check_url(reader, "PUBLIC_URL", reader.str("PUBLIC_URL", None))
+    demo: dict[str, str] = {}
+
+    if env == "production":
+        missing = [f"{PREFIX}{name}" for name, value in (
+            ("API_KEYS", api_keys), ("SIGNING_KEYS", signing_keys), ("PUBLIC_URL", public_url))
+            if not value]
+        if missing:
+            reader.errors.append(
+                "production needs " + ", ".join(missing) + " (see README 'Configuration'; "
+                f"set {PREFIX}ENV=development for a local demo with generated ones)")
+    else:
+        # Development invents what is missing and reports it, so `make demo` just works.
+        if not api_keys:
+            demo["api_key"] = reader.str("DEMO_API_KEY", None) or "demo-" + secrets.token_urlsafe(18)
+            api_keys = {hash_api_key(demo["api_key"]): "demo"}
+        if not signing_keys:
+            signing_keys = (secrets.token_urlsafe(32),)
+        if not public_url:
+            public_url = "http://127.0.0.1:8000"
+    for key in signing_keys:
+        if len(key) < 32:
+            reader.errors.append(f"{PREFIX}SIGNING_KEYS entries must be at least 32 characters")
+            break
+
+    trusted_proxies = reader.int("TRUSTED_PROXIES", 0, 0, 10)
+    settings = Settings(
+        env=env,
+        api_keys=api_keys,
+        signing_keys=tuple(signing_keys),
+        public_url=public_url or "",
+        upstream_url=_check_url(reader, "UPSTREAM_URL", reader.str("UPSTREAM_URL",
+                                                                   "https://doppel.fit")) or "",
+        ratelimit_storage_uri=reader.str("RATELIMIT_STORAGE_URI", "memory://") or "memory://",
+        cache_dir=reader.path("CACHE_DIR", None),
+        redis_url=reader.str("REDIS_URL", None),
+        trusted_proxies=trusted_proxies,
+        cors_origins=reader.csv("CORS_ORIGINS"),
+        force_https=reader.bool("FORCE_HTTPS", env == "production" and trusted_proxies > 0),
+        lookup_limit=reader.str("LOOKUP_RATE_LIMIT", "100 per 15 minutes") or "",
+        image_limit=reader.str("IMAGE_RATE_LIMIT", "300 per 15 minutes") or "",
+        signed_url_ttl=reader.int("SIGNED_URL_TTL", 30 * 86400, 0, 10 * 365 * 86400),
+        signed_url_bucket=reader.int("SIGNED_URL_BUCKET", 86400, 1, 30 * 86400),
+        srcset_widths=_parse_widths(reader),
+        upstream_connect_timeout=reader.float("UPSTREAM_CONNECT_TIMEOUT", 3.05, 0.1, 30),
+        upstream_read_timeout=reader.float("UPSTREAM_READ_TIMEOUT", 10.0, 0.1, 120),
+        lookup_total_timeout=reader.float("LOOKUP_TIMEOUT", 10.0, 0.5, 120),
+        image_total_timeout=reader.float("IMAGE_FETCH_TIMEOUT", 20.0, 0.5, 120),
+        max_source_bytes=reader.int("MAX_SOURCE_BYTES", 60 * 1024 * 1024, 1024, 1024 ** 3),
+        max_source_pixels=reader.int("MAX_SOURCE_PIXELS", 50_000_000, 10_000, 268_000_000),
+        source_width=reader.int("SOURCE_WIDTH", 0, 0, 10000),
+        source_format=reader.choice("SOURCE_FORMAT", "jpeg", ("jpeg", "png", "webp")),
+        source_quality=reader.int("SOURCE_QUALITY", 95, 1, 100),
+        cache_max_bytes=reader.int("CACHE_MAX_BYTES", 2 * 1024 ** 3, 0, 1024 ** 4),
+        lookup_cache_ttl=reader.int("LOOKUP_CACHE_TTL", 300, 0, 86400),
+        render_wait_timeout=reader.float("RENDER_WAIT_TIMEOUT", 20.0, 0.1, 120),
+        resize_filter=reader.choice("RESIZE_FILTER", "triangle",
+                                    ("triangle", "lanczos", "mitchell", "catrom", "box")),
+        auto_formats=tuple(f.lower() for f in reader.csv("AUTO_FORMATS")) or ("webp", "jpeg"),
+        watermark=_parse_watermark(reader),
+        log_format=reader.choice("LOG_FORMAT", "json" if env == "production" else "text",
+                                 ("json", "text")),
+        demo_secrets=demo,
+    )
+    for fmt in settings.auto_formats:
+        if fmt not in OUTPUT_FORMATS:
+            reader.errors.append(f"{PREFIX}AUTO_FORMATS entries must be among "
+                                 f"{', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    if "jpeg" not in settings.auto_formats and "png" not in settings.auto_formats:
+        reader.errors.append(f"{PREFIX}AUTO_FORMATS must end with a format every browser reads "
+                             "(jpeg or png)")
+    if reader.errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(reader.errors))
+    return settings

@@ -1,0 +1,105 @@
+"""The one place that turns every failure into the JSON error shape of DESIGN.md."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from flask import Flask, Response, g, jsonify
+from werkzeug.exceptions import HTTPException
+
+from .services import ServiceError
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    410: "gone",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    429: "rate_limited",
+    431: "headers_too_large",
+}
+
+
+class APIError(Exception):
+    """An error raised by the web layer with its status, code and safe message."""
+
+    def __init__(self, status: int, code: str, message: str, *, details: dict | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+def error_response(status: int, code: str, message: str, *, details: dict | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    body = {"success": False, "error": code, "message": message}
+    if details:
+        body["details"] = details
+    body["requestId"] = g.get("request_id")
+    response = jsonify(body)
+    response.status_code = status
+    # Errors are per request: never let a proxy or browser keep them.
+    response.headers["Cache-Control"] = "no-store"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _rate_limit_headers() -> dict[str, str]:
+    from .extensions import limiter
+
+    current = limiter.current_limit
+    if current is None:
+        return {"Retry-After": "60"}
+    return {"Retry-After": str(max(1, math.ceil(current.reset_at - time.time())))}
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(APIError)
+    def handle_api_error(error: APIError):
+        return error_response(error.status, error.code, error.message, details=error.details,
+                              headers=error.headers)
+
+    @app.errorhandler(ServiceError)
+    def handle_service_error(error: ServiceError):
+        if error.status >= 500:
+            log.warning("service error %s: %s", error.code, error.message)
+        headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+        return error_response(error.status, error.code, error.message, details=error.details,
+                              headers=headers)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(error: HTTPException):
+        status = error.code or 500
+        headers: dict[str, str] = {}
+        if status == 429:
+            headers.update(_rate_limit_headers())
+            message = "rate limit exceeded: " + str(error.description)
+        elif status == 404:
+            message = "no such resource"
+        elif status == 405:
+            allow = error.get_response().headers.get("Allow")
+            if allow:
+                headers["Allow"] = allow
+            message = "method not allowed" + (f"; use {allow}" if allow else "")
+        else:
+            message = error.description or error.name
+        return error_response(status, _HTTP_CODES.get(status, "http_error"), message,
+                              headers=headers)
+
+    # Registered last and catching everything else: a bug becomes a logged 500, never a trace.
+    @app.errorhandler(Exception)
+    def handle_unexpected(error: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal error; quote the requestId")

@@ -1,0 +1,232 @@
+"""Rendered-image and look-up caches shared by all workers, with render-once locking.
+
+Storage is diskcache (SQLite index + files: safe across processes, bounded in bytes
+with eviction, atomic, survives restarts) on one box, optionally layered over Redis
+(redis-py) so several boxes share renders and coalesce misses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import diskcache
+
+log = logging.getLogger(__name__)
+
+
+class Store(Protocol):
+    def get(self, key: str) -> bytes | None: ...
+    def set(self, key: str, value: bytes, expire: float | None = None) -> None: ...
+    def add(self, key: str, value: bytes, expire: float) -> bool: ...
+    def delete(self, key: str) -> None: ...
+
+
+class DiskStore:
+    """A bounded on-disk store shared by every worker on the machine."""
+
+    def __init__(self, directory: Path, size_limit: int):
+        directory.mkdir(parents=True, exist_ok=True)
+        # least-recently-used keeps hot images; timeout bounds SQLite lock waits.
+        self.cache = diskcache.Cache(str(directory), size_limit=size_limit, timeout=2,
+                                     eviction_policy="least-recently-used")
+
+    def get(self, key: str) -> bytes | None:
+        return self.cache.get(key)
+
+    def set(self, key: str, value: bytes, expire: float | None = None) -> None:
+        self.cache.set(key, value, expire=expire)
+
+    def add(self, key: str, value: bytes, expire: float) -> bool:
+        return self.cache.add(key, value, expire=expire)
+
+    def delete(self, key: str) -> None:
+        self.cache.delete(key)
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+class RedisStore:
+    """Redis for several machines; when Redis is down every call degrades to a miss.
+
+    A miss means the caller renders (or asks upstream) itself: slower, never wrong.
+    The failure is logged once per outage and redis-py reconnects on the next call.
+    """
+
+    def __init__(self, url: str, *, prefix: str = "qcimage:", timeout: float = 0.5):
+        import redis
+
+        self.errors = (redis.RedisError, OSError)
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout,
+                                           socket_connect_timeout=timeout,
+                                           health_check_interval=30)
+        self.prefix = prefix
+        self.down = False
+
+    def _call(self, default, fn, *args, **kwargs):
+        try:
+            result = fn(*args, **kwargs)
+        except self.errors as exc:
+            if not self.down:
+                log.error("redis unavailable (%s); bypassing it until it returns",
+                          type(exc).__name__)
+                self.down = True
+            return default
+        if self.down:
+            log.warning("redis is back")
+            self.down = False
+        return result
+
+    def ping(self) -> bool:
+        return bool(self._call(False, self.client.ping))
+
+    def get(self, key: str) -> bytes | None:
+        return self._call(None, self.client.get, self.prefix + key)
+
+    def set(self, key: str, value: bytes, expire: float | None = None) -> None:
+        px = int(expire * 1000) if expire else None
+        self._call(None, self.client.set, self.prefix + key, value, px=px)
+
+    def add(self, key: str, value: bytes, expire: float) -> bool:
+        # Redis down: nobody can coordinate, so everybody renders for themselves.
+        return bool(self._call(True, self.client.set, self.prefix + key, value,
+                               nx=True, px=int(expire * 1000)))
+
+    def delete(self, key: str) -> None:
+        self._call(None, self.client.delete, self.prefix + key)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class TieredStore:
+    """Local disk in front of a shared store: hits stay local, renders are shared."""
+
+    def __init__(self, local: Store, shared: Store):
+        self.local = local
+        self.shared = shared
+
+    def get(self, key: str) -> bytes | None:
+        value = self.local.get(key)
+        if value is None:
+            value = self.shared.get(key)
+            if value is not None:
+                self.local.set(key, value)
+        return value
+
+    def set(self, key: str, value: bytes, expire: float | None = None) -> None:
+        self.local.set(key, value, expire)
+        self.shared.set(key, value, expire)
+
+    def add(self, key: str, value: bytes, expire: float) -> bool:
+        return self.shared.add(key, value, expire)
+
+    def delete(self, key: str) -> None:
+        self.local.delete(key)
+        self.shared.delete(key)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A rendered image as stored: bytes plus what the response needs to describe them."""
+
+    data: bytes
+    mime: str
+
+    def pack(self) -> bytes:
+        # A plain header instead of pickle: a compromised Redis must not mean code execution.
+        return json.dumps({"mime": self.mime}).encode() + b"\n" + self.data
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Entry | None:
+        header, sep, data = raw.partition(b"\n")
+        if not sep:
+            return None
+        try:
+            meta = json.loads(header)
+        except ValueError:
+            return None
+        return cls(data=data, mime=str(meta.get("mime", "")))
+
+
+class RenderTimeout(Exception):
+    """Waited for another worker's render longer than allowed."""
+
+
+class RenderCache:
+    """get-or-render with one render per key across every worker sharing the store."""
+
+    def __init__(self, store: Store, *, wait_timeout: float = 20.0, lock_ttl: float = 60.0):
+        self.store = store
+        self.wait_timeout = wait_timeout
+        self.lock_ttl = lock_ttl
+
+    def get(self, key: str) -> Entry | None:
+        raw = self.store.get("r:" + key)
+        return Entry.unpack(raw) if raw is not None else None
+
+    def get_or_render(self, key: str, render: Callable[[], Entry]) -> tuple[Entry, bool]:
+        """Return (entry, was_cached). Concurrent misses wait for the one that renders."""
+        entry = self.get(key)
+        if entry is not None:
+            return entry, True
+        lock = "l:" + key
+        deadline = time.monotonic() + self.wait_timeout
+        pause = 0.005
+        while True:
+            token = secrets.token_bytes(8)
+            if self.store.add(lock, token, expire=self.lock_ttl):
+                try:
+                    # Someone may have finished between our miss and taking the lock.
+                    entry = self.get(key)
+                    if entry is not None:
+                        return entry, True
+                    entry = render()
+                    self.store.set("r:" + key, entry.pack())
+                    return entry, False
+                finally:
+                    self.store.delete(lock)
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.05)
+            entry = self.get(key)
+            if entry is not None:
+                return entry, True
+            if time.monotonic() > deadline:
+                raise RenderTimeout(key)
+
+
+class LookupCache:
+    """Product look-ups: fresh for ``ttl`` seconds, kept ``stale_ttl`` more for outages."""
+
+    def __init__(self, store: Store, *, ttl: int, stale_ttl: int = 86400, clock=time.time):
+        self.store = store
+        self.ttl = ttl
+        self.stale_ttl = stale_ttl
+        self.clock = clock
+
+    def get(self, key: str) -> tuple[list[str], bool] | None:
+        """(image ids, fresh) or None."""
+        if self.ttl <= 0:
+            return None
+        raw = self.store.get("p:" + key)
+        if raw is None:
+            return None
+        try:
+            stored = json.loads(raw)
+            ids, at = list(stored["ids"]), float(stored["at"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        return ids, self.clock() - at < self.ttl
+
+    def set(self, key: str, ids: list[str]) -> None:
+        if self.ttl <= 0:
+            return
+        raw = json.dumps({"ids": ids, "at": self.clock()}).encode()
+        self.store.set("p:" + key, raw, expire=self.ttl + self.stale_ttl)

@@ -1,0 +1,156 @@
+"""DoppelClient: the only code that talks to the upstream QC-photo service."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from . import ServiceError
+
+log = logging.getLogger(__name__)
+
+IMAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PRODUCT_PATH = "/api/v1/products/qcMedia"
+_IMAGE_PATH = "/img"
+_MAX_PRODUCT_BYTES = 4 * 1024 * 1024
+_CHUNK = 256 * 1024
+
+
+class UpstreamError(ServiceError):
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamTimeout(ServiceError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamNotFound(ServiceError):
+    status = 404
+    code = "not_found"
+
+
+class SourceTooLarge(ServiceError):
+    status = 413
+    code = "image_too_large"
+
+
+@dataclass(frozen=True)
+class Source:
+    """An upstream image body, fully read and within the byte limit."""
+
+    data: bytes
+    content_type: str
+    seconds: float
+
+
+class DoppelClient:
+    """Owns one ``requests.Session`` with timeouts, GET retries and no redirects.
+
+    Every ``RequestException`` is translated into an ``UpstreamError`` family member;
+    callers never see ``requests`` exceptions, upstream status codes or bodies.
+    """
+
+    def __init__(self, base_url: str, *, connect_timeout: float = 3.05,
+                 read_timeout: float = 10.0, lookup_deadline: float = 10.0,
+                 image_deadline: float = 20.0, max_image_bytes: int = 60 * 1024 * 1024,
+                 retries: int = 2, pool_size: int = 8):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = (connect_timeout, read_timeout)
+        self.lookup_deadline = lookup_deadline
+        self.image_deadline = image_deadline
+        self.max_image_bytes = max_image_bytes
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "qcimage/0.1"
+        retry = Retry(
+            total=retries, connect=retries, read=0, redirect=0, other=0,
+            status=retries, status_forcelist=(502, 503, 504), allowed_methods=frozenset({"GET"}),
+            backoff_factor=0.2, backoff_max=2.0, backoff_jitter=0.1,
+            respect_retry_after_header=True, raise_on_status=False, raise_on_redirect=False,
+        )
+        adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=pool_size)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def _get(self, path: str, params: dict[str, str], *, limit: int, deadline: float,
+             what: str) -> tuple[requests.Response, bytes, float]:
+        started = time.monotonic()
+        try:
+            with self.session.get(self.base_url + path, params=params, timeout=self.timeout,
+                                  stream=True, allow_redirects=False) as response:
+                if response.is_redirect or 300 <= response.status_code < 400:
+                    raise UpstreamError(f"upstream redirected the {what} request; not followed")
+                if response.status_code == 404:
+                    raise UpstreamNotFound(f"upstream has no such {what}")
+                if response.status_code != 200:
+                    raise UpstreamError(f"upstream answered the {what} request with an error")
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    raise SourceTooLarge(f"upstream {what} is larger than {limit} bytes")
+                body = bytearray()
+                for chunk in response.iter_content(_CHUNK):
+                    body += chunk
+                    if len(body) > limit:
+                        raise SourceTooLarge(f"upstream {what} is larger than {limit} bytes")
+                    if time.monotonic() - started > deadline:
+                        raise UpstreamTimeout(f"upstream {what} took longer than {deadline:g}s")
+                return response, bytes(body), time.monotonic() - started
+        except (requests.Timeout, requests.exceptions.ConnectTimeout):
+            raise UpstreamTimeout(f"upstream {what} request timed out") from None
+        except requests.RequestException as exc:
+            log.warning("upstream %s request failed: %s", what, type(exc).__name__)
+            raise UpstreamError(f"could not reach upstream for the {what}") from None
+
+    def product_images(self, product_id: str, platform: str) -> list[str]:
+        """Image ids of a product's QC photos, in upstream order, without repeats."""
+        response, body, _ = self._get(
+            _PRODUCT_PATH, {"id": product_id, "storePlatform": platform},
+            limit=_MAX_PRODUCT_BYTES, deadline=self.lookup_deadline, what="product")
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise UpstreamError("upstream returned a product response that is not JSON") from None
+        if not isinstance(document, dict) or "data" not in document:
+            raise UpstreamError("upstream returned a product response of an unexpected shape")
+        return collect_image_ids(document["data"])
+
+    def fetch_image(self, image_id: str, *, width: int, fmt: str, quality: int) -> Source:
+        if not IMAGE_ID.match(image_id):
+            raise ValueError("image id must be validated before fetching")
+        response, body, seconds = self._get(
+            _IMAGE_PATH,
+            {"url": image_id, "quality": str(quality), "format": fmt, "width": str(width)},
+            limit=self.max_image_bytes, deadline=self.image_deadline, what="image")
+        return Source(body, response.headers.get("Content-Type", ""), seconds)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def collect_image_ids(data: object) -> list[str]:
+    """Every string field named ``image`` at any depth, first occurrence first."""
+    seen: dict[str, None] = {}
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            image = node.get("image")
+            if isinstance(image, str):
+                if IMAGE_ID.match(image):
+                    seen.setdefault(image, None)
+                else:
+                    log.warning("skipping malformed image id from upstream")
+            # Reversed so the stack pops children in document order.
+            stack.extend(reversed([v for k, v in node.items() if k != "image" or
+                                   not isinstance(v, str)]))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    return list(seen)

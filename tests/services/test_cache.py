@@ -1,0 +1,97 @@
+"""Render cache and look-up cache on a real diskcache directory."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from qcimage.services.cache import DiskStore, Entry, LookupCache, RenderCache, RenderTimeout
+
+
+@pytest.fixture
+def store(tmp_path):
+    disk = DiskStore(tmp_path / "c", size_limit=50 * 1024 * 1024)
+    yield disk
+    disk.close()
+
+
+def test_entry_packing_round_trips_without_pickle():
+    entry = Entry(b"\x00\nbytes\n", "image/webp")
+    assert Entry.unpack(entry.pack()) == entry
+    assert Entry.unpack(b"no header") is None
+
+
+def test_render_once_for_concurrent_misses(store):
+    cache = RenderCache(store, wait_timeout=10)
+    renders = []
+    gate = threading.Event()
+
+    def render():
+        gate.wait(1)
+        renders.append(1)
+        return Entry(b"img", "image/webp")
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get_or_render("k", render)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join()
+    assert len(renders) == 1
+    assert sorted(cached for _, cached in results) == [False] + [True] * 7
+    assert all(entry.data == b"img" for entry, _ in results)
+
+
+def test_failed_render_releases_the_lock(store):
+    cache = RenderCache(store, wait_timeout=2)
+
+    def broken():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        cache.get_or_render("k", broken)
+    entry, cached = cache.get_or_render("k", lambda: Entry(b"ok", "image/png"))
+    assert (entry.data, cached) == (b"ok", False)
+
+
+def test_waiting_is_bounded(store):
+    cache = RenderCache(store, wait_timeout=0.2)
+    store.add("l:k", b"someone else", expire=30)
+    with pytest.raises(RenderTimeout):
+        cache.get_or_render("k", lambda: Entry(b"never", "image/png"))
+
+
+def test_cache_survives_a_new_process_view(tmp_path):
+    first = DiskStore(tmp_path / "c", size_limit=10 ** 7)
+    RenderCache(first).get_or_render("k", lambda: Entry(b"kept", "image/png"))
+    first.close()
+    second = DiskStore(tmp_path / "c", size_limit=10 ** 7)
+    assert RenderCache(second).get("k") == Entry(b"kept", "image/png")
+    second.close()
+
+
+def test_lookup_cache_fresh_then_stale():
+    now = [1000.0]
+
+    class Memory(dict):
+        def get(self, key):
+            return super().get(key)
+
+        def set(self, key, value, expire=None):
+            self[key] = value
+
+    cache = LookupCache(Memory(), ttl=60, clock=lambda: now[0])
+    assert cache.get("p") is None
+    cache.set("p", ["a", "b"])
+    assert cache.get("p") == (["a", "b"], True)
+    now[0] += 61
+    assert cache.get("p") == (["a", "b"], False)
+
+
+def test_lookup_cache_disabled_with_zero_ttl(store):
+    cache = LookupCache(store, ttl=0)
+    cache.set("p", ["a"])
+    assert cache.get("p") is None

@@ -1,0 +1,77 @@
+"""Settings from QCIMAGE_* variables: defaults, validation, production's demands."""
+
+from __future__ import annotations
+
+import pytest
+
+from qcimage.config import ConfigError, hash_api_key, load_settings
+from tests.conftest import key_line
+
+
+def test_defaults_match_the_design(env):
+    settings = load_settings(env)
+    assert settings.is_production
+    assert settings.upstream_url == "https://upstream.test"
+    assert settings.ratelimit_storage_uri == "memory://"
+    assert settings.trusted_proxies == 0
+    assert settings.lookup_limit == "100 per 15 minutes"
+    assert settings.image_limit == "300 per 15 minutes"
+    assert settings.redis_url is None
+    assert settings.cors_origins == ()
+    assert load_settings({k: v for k, v in env.items() if k != "QCIMAGE_UPSTREAM_URL"}
+                         ).upstream_url == "https://doppel.fit"
+
+
+def test_api_keys_are_read_as_name_and_hash(env):
+    env["QCIMAGE_API_KEYS"] = key_line("shop", "k1") + "," + key_line("lab", "k2")
+    assert load_settings(env).api_keys == {hash_api_key("k1"): "shop", hash_api_key("k2"): "lab"}
+
+
+@pytest.mark.parametrize("value", ["shop", "shop:abc", "shop:" + "g" * 64, ":" + "a" * 64])
+def test_malformed_api_keys_are_refused(env, value):
+    env["QCIMAGE_API_KEYS"] = value
+    with pytest.raises(ConfigError, match="name:sha256hex"):
+        load_settings(env)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("QCIMAGE_TRUSTED_PROXIES", "many", "integer"),
+    ("QCIMAGE_TRUSTED_PROXIES", "-1", "between"),
+    ("QCIMAGE_SIGNING_KEYS", "short", "32 characters"),
+    ("QCIMAGE_PUBLIC_URL", "qc.example.com", "http"),
+    ("QCIMAGE_WATERMARK_POSITION", "top", "must be one of"),
+    ("QCIMAGE_WATERMARK_OPACITY", "2", "between"),
+    ("QCIMAGE_WATERMARK_TILE", "maybe", "true or false"),
+    ("QCIMAGE_ENV", "staging", "must be one of"),
+    ("QCIMAGE_AUTO_FORMATS", "webp,gif", "AUTO_FORMATS"),
+    ("QCIMAGE_SRCSET_WIDTHS", "50,960", "SRCSET_WIDTHS"),
+])
+def test_invalid_values_say_what_is_wrong(env, name, value, message):
+    env[name] = value
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as error:
+        load_settings({"QCIMAGE_ENV": "production", "QCIMAGE_TRUSTED_PROXIES": "x"})
+    text = str(error.value)
+    assert "QCIMAGE_TRUSTED_PROXIES" in text and "QCIMAGE_API_KEYS" in text
+
+
+def test_watermark_can_be_text_logos_or_both(env, tmp_path):
+    env.update({"QCIMAGE_WATERMARK_TEXT": "none",
+                "QCIMAGE_WATERMARK_LOGOS": f"{tmp_path}/a.png,{tmp_path}/b.png"})
+    layers = load_settings(env).watermark
+    assert [layer.logo.name for layer in layers] == ["a.png", "b.png"]
+    env["QCIMAGE_WATERMARK_LOGOS"] = ""
+    with pytest.raises(ConfigError, match="watermark is required"):
+        load_settings(env)
+
+
+def test_force_https_defaults_on_only_behind_a_proxy_in_production(env):
+    assert load_settings(env).force_https is False
+    env["QCIMAGE_TRUSTED_PROXIES"] = "1"
+    assert load_settings(env).force_https is True
+    env["QCIMAGE_FORCE_HTTPS"] = "false"
+    assert load_settings(env).force_https is False
