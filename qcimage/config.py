@@ -238,7 +238,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     else:
         # Development invents what is missing and reports it, so `make demo` just works.
         if not api_keys:
-            demo["api_key"] = reader.str("DEMO_API_KEY", None) or "demo-" + secrets.token_urlsafe(18)
+            demo["api_key"] = (reader.str("DEMO_API_KEY", None)
+                               or "demo-" + secrets.token_urlsafe(18))
             api_keys = {hash_api_key(demo["api_key"]): "demo"}
         if not signing_keys:
             signing_keys = (secrets.token_urlsafe(32),)
