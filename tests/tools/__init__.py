@@ -1,0 +1,1 @@
+"""Tests for the development tools (the stand-in upstream and its samples)."""

@@ -1,0 +1,1 @@
+"""Development tools: the local stand-in for the Doppel upstream and its sample photos."""
