@@ -16,7 +16,7 @@ from . import ServiceError
 
 log = logging.getLogger(__name__)
 
-IMAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+IMAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 _PRODUCT_PATH = "/api/v1/products/qcMedia"
 _IMAGE_PATH = "/img"
 _MAX_PRODUCT_BYTES = 4 * 1024 * 1024
@@ -116,7 +116,7 @@ class DoppelClient:
             limit=_MAX_PRODUCT_BYTES, deadline=self.lookup_deadline, what="product")
         try:
             document = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UpstreamError("upstream returned a product response that is not JSON") from None
         if not isinstance(document, dict) or "data" not in document:
             raise UpstreamError("upstream returned a product response of an unexpected shape")

@@ -1,0 +1,155 @@
+"""qcimage: watermarked, web-ready images from marketplace QC photos."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .config import ConfigError, Settings, load_settings
+
+__all__ = ["create_app", "ConfigError"]
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What the views use, built once per process from the settings."""
+
+    settings: Settings
+    signer: object
+    lookup: object
+    renderer: object
+    client: object
+    store: object
+
+
+def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
+    """Build the app. ``test_config`` replaces the environment (``QCIMAGE_*`` names)."""
+    app = Flask(__name__, instance_relative_config=True)
+    settings = load_settings(_environment(test_config))
+    app.config.update(
+        JSON_SORT_KEYS=False,
+        MAX_CONTENT_LENGTH=64 * 1024,
+        RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
+        RATELIMIT_HEADERS_ENABLED=True,
+        RATELIMIT_STRATEGY="moving-window",
+        # Storage down: keep limiting per process instead of failing requests.
+        RATELIMIT_SWALLOW_ERRORS=True,
+        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
+    )
+    app.json.sort_keys = False
+
+    from .logs import configure_logging
+
+    configure_logging(app, settings.log_format)
+    # Before everything else reads remote_addr / scheme: trust only configured proxies.
+    if settings.trusted_proxies:
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
+    app.extensions["qcimage"] = build_services(settings, Path(app.instance_path))
+    register_extensions(app, settings)
+    register_blueprints(app)
+    register_errorhandlers(app)
+    register_commands(app)
+    if settings.demo_secrets:
+        log.warning("development mode: demo API key %s", settings.demo_secrets["api_key"])
+    return app
+
+
+def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
+    if test_config is not None:
+        return test_config
+    environ = dict(os.environ)
+    # .env is a development convenience; production reads the real environment only.
+    if environ.get("QCIMAGE_ENV", "").strip().lower() != "production" and Path(".env").is_file():
+        from dotenv import dotenv_values
+
+        file_values = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+        if {**file_values, **environ}.get("QCIMAGE_ENV", "production") == "development":
+            environ = {**file_values, **environ}
+    return environ
+
+
+def build_services(settings: Settings, instance_path: Path) -> Services:
+    from .services.cache import DiskStore, LookupCache, RedisStore, RenderCache, TieredStore
+    from .services.imaging import ImagingEngine, Watermark, WatermarkLayer
+    from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
+    from .services.signing import Signer
+    from .services.upstream import DoppelClient
+
+    watermark = Watermark(layers=tuple(
+        WatermarkLayer(text=layer.text, logo=layer.logo, font=layer.font, gravity=layer.gravity,
+                       opacity=layer.opacity, margin=layer.margin, scale=layer.scale,
+                       tile=layer.tile)
+        for layer in settings.watermark))
+    engine = ImagingEngine(watermark, max_source_pixels=settings.max_source_pixels,
+                           resize_filter=settings.resize_filter)
+    # A missing font or logo stops the worker from booting instead of failing each image.
+    engine.check_watermark()
+    client = DoppelClient(
+        settings.upstream_url, connect_timeout=settings.upstream_connect_timeout,
+        read_timeout=settings.upstream_read_timeout, lookup_deadline=settings.lookup_total_timeout,
+        image_deadline=settings.image_total_timeout, max_image_bytes=settings.max_source_bytes)
+    store = DiskStore(settings.cache_dir or instance_path / "cache", settings.cache_max_bytes)
+    if settings.redis_url:
+        store = TieredStore(store, RedisStore(settings.redis_url))
+    return Services(
+        settings=settings,
+        signer=Signer(settings.signing_keys),
+        lookup=ProductLookup(client, LookupCache(store, ttl=settings.lookup_cache_ttl)),
+        renderer=ImageRenderer(
+            client, RenderCache(store, wait_timeout=settings.render_wait_timeout), engine,
+            source=SourcePolicy(settings.source_width, settings.source_format,
+                                settings.source_quality),
+            watermark_fingerprint=watermark.fingerprint()),
+        client=client,
+        store=store,
+    )
+
+
+def register_extensions(app: Flask, settings: Settings) -> None:
+    from .extensions import cors, limiter, talisman
+
+    talisman.init_app(
+        app,
+        force_https=settings.force_https,
+        strict_transport_security=True,
+        strict_transport_security_max_age=31536000,
+        # A JSON and image API: nothing to load, nothing to frame.
+        content_security_policy={"default-src": "'none'", "frame-ancestors": "'none'"},
+        frame_options="DENY",
+        referrer_policy="no-referrer",
+        session_cookie_secure=settings.is_production,
+    )
+    cors.init_app(app, resources={r"/api/*": {"origins": list(settings.cors_origins)}},
+                  methods=["GET", "HEAD", "OPTIONS"],
+                  allow_headers=["X-API-Key", "Authorization", "If-None-Match", "X-Request-ID"],
+                  expose_headers=["X-Request-ID", "ETag", "Retry-After", "X-Cache"],
+                  max_age=600)
+    limiter.init_app(app)
+
+
+def register_blueprints(app: Flask) -> None:
+    from . import health, images, products
+
+    app.register_blueprint(products.bp)
+    app.register_blueprint(images.bp)
+    app.register_blueprint(health.bp)
+
+
+def register_errorhandlers(app: Flask) -> None:
+    from .errors import register_error_handlers
+
+    register_error_handlers(app)
+
+
+def register_commands(app: Flask) -> None:
+    from .cli import keys_cli
+
+    app.cli.add_command(keys_cli)

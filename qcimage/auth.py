@@ -1,0 +1,57 @@
+"""The API-key ``before_request`` hook for server-to-server endpoints, and key hashing."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+
+from flask import current_app, g, request
+
+from .config import hash_api_key
+from .errors import APIError
+
+# Names people try to pass keys under. Refused loudly: query strings end up in logs.
+_QUERY_KEY_NAMES = frozenset({"apikey", "api_key", "api-key", "key", "token", "access_token",
+                              "x-api-key"})
+
+
+def new_api_key() -> str:
+    """A fresh client key: 32 random bytes, URL-safe."""
+    return "qci_" + secrets.token_urlsafe(32)
+
+
+def presented_key() -> str | None:
+    """The key sent in ``X-API-Key`` or ``Authorization: Bearer``, if any."""
+    key = request.headers.get("X-API-Key")
+    if key:
+        return key.strip()
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def key_name(key: str, keys: dict[str, str]) -> str | None:
+    """The configured name for ``key``; every stored hash is compared in constant time."""
+    digest = hash_api_key(key).encode()
+    name = None
+    for stored, stored_name in keys.items():
+        if hmac.compare_digest(digest, stored.encode()):
+            name = stored_name
+    return name
+
+
+def require_api_key() -> None:
+    """before_request hook: set ``g.api_key_name`` or refuse with 400/401/403."""
+    if any(name.lower() in _QUERY_KEY_NAMES for name in request.args):
+        raise APIError(400, "api_key_in_query",
+                       "API keys are not accepted in the query string (they end up in logs); "
+                       "send the X-API-Key header instead")
+    key = presented_key()
+    if key is None:
+        raise APIError(401, "api_key_missing", "an API key is required: send the X-API-Key "
+                       "header", headers={"WWW-Authenticate": 'Bearer realm="qcimage"'})
+    name = key_name(key, current_app.extensions["qcimage"].settings.api_keys)
+    if name is None:
+        raise APIError(403, "api_key_invalid", "the API key is not valid")
+    g.api_key_name = name

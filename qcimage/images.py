@@ -1,0 +1,75 @@
+"""Blueprint for ``GET /api/image``: one signed, watermarked image, fetched by browsers."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, current_app, g, request
+
+from .extensions import client_ip, limiter
+from .schemas import ImageQuerySchema, load_query
+from .services.pipeline import RenderJob
+from .services.signing import SIGNED_PARAMS
+
+bp = Blueprint("images", __name__)
+_query = ImageQuerySchema()
+_MIME = {"avif": "image/avif", "webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png"}
+_MAX_AGE = 86400
+
+
+def _services():
+    return current_app.extensions["qcimage"]
+
+
+limiter.limit(lambda: _services().settings.image_limit, key_func=client_ip)(bp)
+
+
+def negotiate(requested: str, preferences: tuple[str, ...]) -> str:
+    """``auto``: the first preferred format the client lists explicitly in ``Accept``.
+
+    Only explicit types count: ``*/*`` says nothing about WebP support. The last
+    preference (jpeg or png, which every browser reads) is the fallback.
+    """
+    if requested != "auto":
+        return requested
+    accepted = {value.lower() for value, quality in request.accept_mimetypes if quality > 0}
+    for fmt in preferences[:-1]:
+        if _MIME[fmt] in accepted:
+            return fmt
+    return preferences[-1]
+
+
+def _caching_headers(args: dict, etag: str) -> dict[str, str]:
+    max_age = _MAX_AGE
+    if args["expires"] is not None:
+        max_age = max(0, min(_MAX_AGE, args["expires"] - int(time.time())))
+    headers = {
+        # Signed URLs never change meaning: browsers need not revalidate them.
+        "Cache-Control": f"public, max-age={max_age}, immutable",
+        "ETag": etag,
+        "Cross-Origin-Resource-Policy": "cross-origin",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if args["format"] == "auto":
+        headers["Vary"] = "Accept"
+    return headers
+
+
+@bp.get("/api/image")
+def image():
+    args = load_query(_query, request.args)
+    services = _services()
+    services.signer.verify({name: request.args.get(name) for name in SIGNED_PARAMS}, args["sig"])
+    job = RenderJob(image_id=args["url"], width=args["width"], quality=args["quality"],
+                    format=negotiate(args["format"], services.settings.auto_formats))
+    etag = services.renderer.etag(job)
+    headers = _caching_headers(args, etag)
+    if request.if_none_match.contains_weak(etag.strip('"')) or request.if_none_match.star_tag:
+        g.cache_status = "revalidated"
+        return Response(status=304, headers=headers)
+    result = services.renderer.render(job)
+    g.cache_status = "hit" if result.cached else "miss"
+    g.upstream_ms = result.upstream_ms
+    g.render_ms = result.render_ms
+    headers["X-Cache"] = "HIT" if result.cached else "MISS"
+    return Response(result.entry.data, status=200, mimetype=result.entry.mime, headers=headers)

@@ -1,0 +1,70 @@
+"""Request ids and logging: one JSON (or text) line per request, errors as JSON too."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+
+from flask import Flask, g, request
+from pythonjsonlogger.json import JsonFormatter
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
+access_log = logging.getLogger("qcimage.access")
+
+
+class _RequestContextFilter(logging.Filter):
+    """Stamp every record with the current request id, when there is one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from flask import has_request_context
+
+        if not hasattr(record, "request_id"):
+            record.request_id = g.get("request_id") if has_request_context() else None
+        return True
+
+
+def configure_logging(app: Flask, log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"))
+    handler.addFilter(_RequestContextFilter())
+    root = logging.getLogger("qcimage")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+    @app.before_request
+    def assign_request_id():
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def log_request(response):
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        started = g.get("started")
+        duration = round((time.perf_counter() - started) * 1000, 2) if started else None
+        fields = {
+            "method": request.method,
+            "route": request.url_rule.rule if request.url_rule else None,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": duration,
+            "bytes": response.calculate_content_length(),
+            "client_ip": request.remote_addr,
+            "api_key": g.get("api_key_name"),
+            "cache": g.get("cache_status"),
+            "upstream_ms": g.get("upstream_ms"),
+            "render_ms": g.get("render_ms"),
+        }
+        access_log.info("%s %s %s %sms", request.method, request.path, response.status_code,
+                        duration, extra=fields)
+        return response

@@ -1,0 +1,137 @@
+"""Marshmallow schemas for query strings (requests) and JSON bodies (responses)."""
+
+from __future__ import annotations
+
+import re
+
+from marshmallow import (RAISE, Schema, ValidationError, fields, post_load, pre_load, validate,
+                         validates_schema)
+from werkzeug.datastructures import MultiDict
+
+from .errors import APIError
+
+PLATFORMS = ("WEIDIAN", "TAOBAO", "1688", "TMALL")
+FORMATS = ("webp", "jpeg", "png", "avif", "auto")
+_ID = r"^[A-Za-z0-9_-]{1,50}\Z"
+_IMAGE_ID = r"^[A-Za-z0-9_-]{1,64}\Z"
+# Canonical decimal only: "0960", "+960", " 960" and "9.6e2" are refused instead of
+# being read as 960, so one output has one URL (and one signature).
+_CANONICAL_INT = re.compile(r"^(0|[1-9][0-9]{0,9})\Z")
+
+
+class CanonicalInteger(fields.Integer):
+    """An integer written the one canonical way, within bounds."""
+
+    def __init__(self, lo: int, hi: int, **kwargs):
+        self.lo, self.hi = lo, hi
+        kwargs.setdefault("metadata", {})["rule"] = f"must be an integer between {lo} and {hi}"
+        super().__init__(strict=False, validate=validate.Range(lo, hi), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not _CANONICAL_INT.match(value):
+            raise ValidationError("Not a valid integer.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class QuerySchema(Schema):
+    """Query-string schema: unknown parameters are errors, repeated ones too."""
+
+    class Meta:
+        unknown = RAISE
+
+    @pre_load
+    def refuse_repeats(self, data, **kwargs):
+        if isinstance(data, MultiDict):
+            repeated = sorted(k for k, v in data.lists() if len(v) > 1)
+            if repeated:
+                raise ValidationError({k: ["Parameter given more than once."] for k in repeated})
+            return data.to_dict()
+        return data
+
+
+class ProductQuerySchema(QuerySchema):
+    id = fields.String(required=True, validate=validate.Regexp(_ID),
+                       metadata={"rule": "is required: 1-50 letters, digits, '_' or '-'",
+                                 "example": "7494645791"})
+    storePlatform = fields.String(
+        load_default="WEIDIAN",
+        metadata={"rule": "must be one of " + ", ".join(PLATFORMS), "enum": list(PLATFORMS)})
+    width = CanonicalInteger(100, 2000, load_default=960)
+    quality = CanonicalInteger(1, 100, load_default=80)
+    format = fields.String(
+        load_default="webp",
+        metadata={"rule": "must be one of webp, jpeg, jpg, png, avif, auto",
+                  "enum": ["webp", "jpeg", "jpg", "png", "avif", "auto"]})
+
+    @validates_schema
+    def check_choices(self, data, **kwargs):
+        errors = {}
+        if data["storePlatform"].upper() not in PLATFORMS:
+            errors["storePlatform"] = [f"Must be one of: {', '.join(PLATFORMS)}."]
+        if data["format"].lower() not in FORMATS + ("jpg",):
+            errors["format"] = ["Must be one of: webp, jpeg, jpg, png, avif, auto."]
+        if errors:
+            raise ValidationError(errors)
+
+    @post_load
+    def normalise(self, data, **kwargs):
+        data["storePlatform"] = data["storePlatform"].upper()
+        fmt = data["format"].lower()
+        data["format"] = "jpeg" if fmt == "jpg" else fmt
+        return data
+
+
+class ImageQuerySchema(QuerySchema):
+    """The public image URL. Values stay exactly as sent so the signature covers them."""
+
+    url = fields.String(required=True, validate=validate.Regexp(_IMAGE_ID),
+                        metadata={"rule": "is required: an image id, 1-64 letters, digits, "
+                                          "'_' or '-'", "example": "n4EYdIoE"})
+    width = CanonicalInteger(100, 2000, load_default=960)
+    quality = CanonicalInteger(1, 100, load_default=80)
+    format = fields.String(
+        load_default="webp", validate=validate.OneOf(FORMATS),
+        metadata={"rule": "must be one of " + ", ".join(FORMATS), "enum": list(FORMATS)})
+    expires = CanonicalInteger(0, 9_999_999_999, load_default=None)
+    # Any value is checked against the HMAC: a wrong signature is a 403, not a 400.
+    sig = fields.String(load_default=None, validate=validate.Length(max=256),
+                        metadata={"rule": "must be the signature returned with the URL"})
+
+
+def load_query(schema: Schema, args: MultiDict) -> dict:
+    """Validate a query string or raise the 400 that explains the first problem."""
+    try:
+        return schema.load(args)
+    except ValidationError as error:
+        messages = error.messages if isinstance(error.messages, dict) else {"_": error.messages}
+        name = sorted(messages)[0]
+        field = schema.fields.get(name)
+        if field is None:
+            message = f"{name} is not a known parameter"
+        elif messages[name] == ["Parameter given more than once."]:
+            message = f"{name} given more than once"
+        else:
+            message = f"{name} {field.metadata.get('rule', 'is invalid')}"
+        raise APIError(400, "validation_failed", message, details=messages) from None
+
+
+class ImageLinkSchema(Schema):
+    original = fields.String(required=True)
+    watermarked = fields.String(required=True)
+    srcset = fields.String(required=True)
+
+
+class ProductResponseSchema(Schema):
+    success = fields.Boolean(required=True)
+    productId = fields.String(required=True)
+    storePlatform = fields.String(required=True)
+    totalImages = fields.Integer(required=True)
+    images = fields.List(fields.Nested(ImageLinkSchema), required=True)
+
+
+class ErrorSchema(Schema):
+    success = fields.Boolean(required=True)
+    error = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Dict()
+    requestId = fields.String()

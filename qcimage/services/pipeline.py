@@ -1,0 +1,118 @@
+"""The two jobs the views ask for: list a product's images, and render one watermarked."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+from .cache import Entry, LookupCache, RenderCache, RenderTimeout
+from .imaging import ImagingEngine, RenderSpec, imagemagick_version
+from .upstream import DoppelClient, UpstreamTimeout
+
+log = logging.getLogger(__name__)
+
+# Bump when the pipeline changes its output for the same inputs: old renders go stale.
+PIPELINE_VERSION = "1"
+
+
+class ProductLookup:
+    """Product look-ups through a short-lived cache; stale copies cover upstream outages."""
+
+    def __init__(self, client: DoppelClient, cache: LookupCache):
+        self.client = client
+        self.cache = cache
+
+    def image_ids(self, product_id: str, platform: str) -> tuple[list[str], bool]:
+        """(image ids, stale). Raises the upstream errors when nothing cached can stand in."""
+        key = f"{platform}:{product_id}"
+        cached = self.cache.get(key)
+        if cached is not None and cached[1]:
+            return cached[0], False
+        try:
+            ids = self.client.product_images(product_id, platform)
+        except Exception as error:
+            status = getattr(error, "status", 500)
+            if cached is not None and status >= 500:
+                log.warning("serving stale look-up for %s: upstream failed", key)
+                return cached[0], True
+            raise
+        self.cache.set(key, ids)
+        return ids, False
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """Everything that decides the output bytes, once negotiated (format is concrete)."""
+
+    image_id: str
+    width: int
+    quality: int
+    format: str
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    """What to ask upstream for. width 0 = the output width (upstream resizes for us)."""
+
+    width: int = 0
+    format: str = "jpeg"
+    quality: int = 95
+
+    def params(self, job: RenderJob) -> tuple[int, str, int]:
+        return (self.width or job.width, self.format, self.quality)
+
+
+@dataclass
+class RenderResult:
+    entry: Entry
+    cached: bool
+    upstream_ms: float | None = None
+    render_ms: float | None = None
+
+
+class ImageRenderer:
+    """Cache → (one worker) fetch source → render with watermark → cache."""
+
+    def __init__(self, client: DoppelClient, cache: RenderCache, engine: ImagingEngine, *,
+                 source: SourcePolicy, watermark_fingerprint: str):
+        self.client = client
+        self.cache = cache
+        self.engine = engine
+        self.source = source
+        # Everything outside the request that changes the bytes: a new watermark, a new
+        # ImageMagick or a new pipeline never serves an old render.
+        self._key_prefix = "|".join((PIPELINE_VERSION, imagemagick_version(),
+                                     watermark_fingerprint))
+
+    def cache_key(self, job: RenderJob) -> str:
+        src_width, src_format, src_quality = self.source.params(job)
+        material = "|".join((self._key_prefix, job.image_id, str(job.width), str(job.quality),
+                             job.format, str(src_width), src_format, str(src_quality)))
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    def etag(self, job: RenderJob) -> str:
+        """Strong ETag known before rendering: same inputs, same bytes."""
+        return '"' + self.cache_key(job)[:40] + '"'
+
+    def render(self, job: RenderJob) -> RenderResult:
+        timings: dict[str, float] = {}
+
+        def produce() -> Entry:
+            width, fmt, quality = self.source.params(job)
+            started = time.perf_counter()
+            source = self.client.fetch_image(job.image_id, width=width, fmt=fmt, quality=quality)
+            timings["upstream_ms"] = (time.perf_counter() - started) * 1000
+            started = time.perf_counter()
+            rendered = self.engine.render(source.data, RenderSpec(width=job.width,
+                                                                  quality=job.quality,
+                                                                  format=job.format))
+            timings["render_ms"] = (time.perf_counter() - started) * 1000
+            return Entry(data=rendered.data, mime=rendered.mime)
+
+        try:
+            entry, cached = self.cache.get_or_render(self.cache_key(job), produce)
+        except RenderTimeout:
+            raise UpstreamTimeout("timed out waiting for the image to be rendered") from None
+        return RenderResult(entry, cached, timings.get("upstream_ms"), timings.get("render_ms"))

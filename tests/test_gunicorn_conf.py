@@ -1,0 +1,210 @@
+"""gunicorn.conf.py: defaults, QCIMAGE_* overrides, refusals, and what it must not import."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import types
+
+import gunicorn
+import gunicorn.arbiter
+import gunicorn.http.wsgi
+import pytest
+import requests
+from gunicorn.config import Config
+
+from tests.e2e.harness import GUNICORN_CONF, ROOT, clean_env, start_gunicorn
+
+ENV_NAMES = (
+    "QCIMAGE_BIND", "QCIMAGE_WORKERS", "QCIMAGE_THREADS", "QCIMAGE_WORKER_TIMEOUT",
+    "QCIMAGE_GRACEFUL_TIMEOUT", "QCIMAGE_KEEPALIVE", "QCIMAGE_MAX_REQUESTS",
+    "QCIMAGE_MAX_REQUESTS_JITTER", "QCIMAGE_ACCESS_LOG", "QCIMAGE_LOG_LEVEL",
+    "QCIMAGE_FORWARDED_ALLOW_IPS", "QCIMAGE_CONTROL_SOCKET",
+)
+
+
+@pytest.fixture
+def load_conf(monkeypatch):
+    """Execute gunicorn.conf.py under a given environment and return it as a module."""
+    # The file patches gunicorn's globals; restore them after each test.
+    for module in (gunicorn, gunicorn.http.wsgi):
+        monkeypatch.setattr(module, "SERVER", module.SERVER)
+        monkeypatch.setattr(module, "SERVER_SOFTWARE", module.SERVER_SOFTWARE)
+    monkeypatch.setattr(gunicorn.arbiter, "SERVER_SOFTWARE", gunicorn.arbiter.SERVER_SOFTWARE)
+
+    def load(**env):
+        for name in list(os.environ):
+            if name.startswith("QCIMAGE_"):
+                monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        spec = importlib.util.spec_from_file_location("gunicorn_conf_under_test", GUNICORN_CONF)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
+
+
+def settings(module):
+    """The names gunicorn would pick up from the module, as it does: known settings only."""
+    known = Config().settings
+    return {name: value for name, value in vars(module).items() if name in known}
+
+
+def test_defaults_suit_a_box_behind_nginx(load_conf, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    conf = load_conf()
+    assert conf.bind == ["127.0.0.1:8000"]
+    assert conf.workers == 5
+    assert conf.threads == 1
+    assert conf.timeout == 30
+    assert conf.graceful_timeout == 30
+    assert conf.keepalive == 5
+    assert conf.max_requests == 1000
+    assert conf.max_requests_jitter == 100
+    assert conf.accesslog == "-"
+    assert conf.loglevel == "info"
+    assert conf.forwarded_allow_ips == "127.0.0.1,::1"
+    assert conf.wsgi_app == "wsgi:app"
+    assert conf.control_socket_disable is True
+    assert "control_socket" not in settings(conf)
+
+
+def test_default_workers_are_capped_on_big_machines(load_conf, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert load_conf().workers == 12
+
+
+def test_app_is_never_preloaded_into_the_master(load_conf):
+    assert load_conf().preload_app is False
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this machine")
+def test_worker_heartbeat_lives_in_shared_memory(load_conf):
+    assert load_conf().worker_tmp_dir == "/dev/shm"
+
+
+@pytest.mark.parametrize("name, value, attribute, expected", [
+    ("QCIMAGE_BIND", "0.0.0.0:9000", "bind", ["0.0.0.0:9000"]),
+    ("QCIMAGE_BIND", "unix:/run/qcimage.sock, [::1]:8001", "bind",
+     ["unix:/run/qcimage.sock", "[::1]:8001"]),
+    ("QCIMAGE_WORKERS", "3", "workers", 3),
+    ("QCIMAGE_THREADS", "4", "threads", 4),
+    ("QCIMAGE_WORKER_TIMEOUT", "60", "timeout", 60),
+    ("QCIMAGE_GRACEFUL_TIMEOUT", "10", "graceful_timeout", 10),
+    ("QCIMAGE_KEEPALIVE", "0", "keepalive", 0),
+    ("QCIMAGE_MAX_REQUESTS", "0", "max_requests", 0),
+    ("QCIMAGE_MAX_REQUESTS_JITTER", "7", "max_requests_jitter", 7),
+    ("QCIMAGE_ACCESS_LOG", "/var/log/qcimage/access.log", "accesslog",
+     "/var/log/qcimage/access.log"),
+    ("QCIMAGE_ACCESS_LOG", "off", "accesslog", None),
+    ("QCIMAGE_LOG_LEVEL", "WARNING", "loglevel", "warning"),
+    ("QCIMAGE_FORWARDED_ALLOW_IPS", "10.0.0.0/8, 192.168.1.5", "forwarded_allow_ips",
+     "10.0.0.0/8,192.168.1.5"),
+    ("QCIMAGE_FORWARDED_ALLOW_IPS", "*", "forwarded_allow_ips", "*"),
+    ("QCIMAGE_CONTROL_SOCKET", "/run/qcimage/gunicorn.ctl", "control_socket",
+     "/run/qcimage/gunicorn.ctl"),
+])
+def test_each_setting_follows_its_environment_variable(load_conf, name, value, attribute,
+                                                       expected):
+    assert getattr(load_conf(**{name: value}), attribute) == expected
+
+
+def test_a_control_socket_path_turns_the_socket_on(load_conf):
+    assert load_conf(QCIMAGE_CONTROL_SOCKET="/run/q.ctl").control_socket_disable is False
+
+
+def test_blank_values_mean_the_default(load_conf):
+    conf = load_conf(QCIMAGE_WORKERS="  ", QCIMAGE_BIND="")
+    assert conf.bind == ["127.0.0.1:8000"]
+    assert conf.workers >= 1
+
+
+@pytest.mark.parametrize("name, value", [
+    ("QCIMAGE_WORKERS", "two"),
+    ("QCIMAGE_WORKERS", "0"),
+    ("QCIMAGE_WORKERS", "2.5"),
+    ("QCIMAGE_THREADS", "-1"),
+    ("QCIMAGE_WORKER_TIMEOUT", "0"),
+    ("QCIMAGE_GRACEFUL_TIMEOUT", "soon"),
+    ("QCIMAGE_KEEPALIVE", "-5"),
+    ("QCIMAGE_MAX_REQUESTS", "1e3"),
+    ("QCIMAGE_MAX_REQUESTS_JITTER", "-1"),
+    ("QCIMAGE_BIND", "8000"),
+    ("QCIMAGE_BIND", "127.0.0.1:99999"),
+    ("QCIMAGE_BIND", "http://127.0.0.1:8000"),
+    ("QCIMAGE_LOG_LEVEL", "verbose"),
+    ("QCIMAGE_FORWARDED_ALLOW_IPS", "nginx.internal"),
+    ("QCIMAGE_FORWARDED_ALLOW_IPS", "10.0.0.1/8"),
+])
+def test_invalid_values_are_refused_naming_the_variable(load_conf, name, value):
+    with pytest.raises(SystemExit) as refused:
+        load_conf(**{name: value})
+    message = str(refused.value)
+    assert name in message and repr(value) in message and "expected" in message
+
+
+def test_gunicorn_accepts_every_value_and_knows_every_name(load_conf):
+    """A misspelt setting would be silently ignored by gunicorn; catch it here."""
+    conf = load_conf(QCIMAGE_CONTROL_SOCKET="/run/q.ctl")
+    ours = {name for name, value in vars(conf).items()
+            if name.islower() and not name.startswith("_") and not callable(value)
+            and not isinstance(value, types.ModuleType)}
+    config = Config()
+    assert ours == set(settings(conf))
+    for name, value in settings(conf).items():
+        config.set(name, value)
+    assert config.worker_class_str == "sync"
+    assert config.address == [("127.0.0.1", 8000)]
+
+
+def test_server_header_and_software_name_carry_no_version(load_conf):
+    load_conf()
+    assert gunicorn.http.wsgi.SERVER == "qcimage"
+    assert gunicorn.http.wsgi.SERVER_SOFTWARE == "qcimage"
+    assert gunicorn.arbiter.SERVER_SOFTWARE == "qcimage"
+
+
+def test_loading_the_config_imports_neither_the_app_nor_imagemagick():
+    # A fresh interpreter: this test process may already hold both from other tests.
+    probe = (
+        "import runpy, sys\n"
+        f"runpy.run_path({str(GUNICORN_CONF)!r})\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('wand', 'qcimage', 'wsgi'))\n"
+        "print(bad)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=clean_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_gunicorn_stops_with_one_clear_line_on_a_bad_value():
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONF, "--check-config"],
+        cwd=ROOT, env=clean_env(QCIMAGE_WORKERS="lots"), capture_output=True, text=True,
+        timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        "gunicorn.conf.py: QCIMAGE_WORKERS='lots' is invalid: "
+        "expected an integer from 1 to 256")
+
+
+HELLO_APP = '''
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [environ["SERVER_SOFTWARE"].encode()]
+'''
+
+
+@pytest.mark.e2e
+def test_a_real_response_names_qcimage_without_any_version(tmp_path):
+    (tmp_path / "hello.py").write_text(HELLO_APP)
+    server = start_gunicorn({}, workers=1, tmp=tmp_path, wsgi_app="hello:app", cwd=tmp_path)
+    try:
+        response = requests.get(server.url + "/", timeout=10)
+    finally:
+        server.stop()
+    assert response.headers["Server"] == "qcimage"
+    assert response.text == "qcimage"
+    assert gunicorn.__version__ not in str(response.headers)

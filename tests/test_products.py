@@ -1,0 +1,220 @@
+"""Contract tests for GET /api/qc-images."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from qcimage import create_app
+from tests.conftest import (API_KEY, OTHER_KEY, PRODUCT_URL, PUBLIC, add_product, key_line,
+                            query)
+
+
+def test_lookup_returns_signed_links_in_upstream_order_without_repeats(api_get, upstream):
+    add_product(upstream, data={"qcGroups": [
+        {"media": [{"image": "n4EYdIoE"}, {"image": "cR-eVGrQ"}]},
+        {"media": [{"image": "n4EYdIoE"}, {"nested": {"deeper": [{"image": "Zz_9-aaB"}]}}]},
+        {"image": None, "note": {"image": 42}},
+    ]})
+    response = api_get(id="7494645791")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["success"] is True
+    assert body["productId"] == "7494645791"
+    assert body["storePlatform"] == "WEIDIAN"
+    assert body["totalImages"] == 3
+    assert [i["original"] for i in body["images"]] == ["n4EYdIoE", "cR-eVGrQ", "Zz_9-aaB"]
+    first = body["images"][0]
+    assert first["watermarked"].startswith(PUBLIC + "/api/image?")
+    params = query(first["watermarked"])
+    assert params["url"] == "n4EYdIoE"
+    assert (params["width"], params["quality"], params["format"]) == ("960", "80", "webp")
+    assert params["sig"] and params["expires"].isdigit()
+
+
+def test_lookup_links_use_public_url_not_host_header(api_get, upstream):
+    add_product(upstream)
+    response = api_get(id="7494645791", headers={"Host": "evil.example", "X-Forwarded-Host":
+                                                 "evil.example"})
+    assert "evil" not in response.get_data(as_text=True)
+    assert response.get_json()["images"][0]["watermarked"].startswith(PUBLIC)
+
+
+def test_srcset_lists_each_configured_width(api_get, upstream):
+    add_product(upstream)
+    image = api_get(id="7494645791", quality="70", format="png").get_json()["images"][0]
+    candidates = [c.strip().rsplit(" ", 1) for c in image["srcset"].split(",")]
+    assert [w for _, w in candidates] == ["480w", "960w", "1440w"]
+    for url, descriptor in candidates:
+        params = query(url)
+        assert params["width"] + "w" == descriptor
+        assert (params["quality"], params["format"]) == ("70", "png")
+
+
+def test_parameters_are_passed_to_links(api_get, upstream):
+    add_product(upstream, platform="TAOBAO", product_id="abc_DEF-1")
+    body = api_get(id="abc_DEF-1", storePlatform="taobao", width="1200", quality="55",
+                   format="jpg").get_json()
+    assert body["storePlatform"] == "TAOBAO"
+    params = query(body["images"][0]["watermarked"])
+    assert (params["width"], params["quality"], params["format"]) == ("1200", "55", "jpeg")
+
+
+@pytest.mark.parametrize("platform", ["weidian", "Taobao", "1688", "tmall", "WEIDIAN"])
+def test_platform_is_case_insensitive(api_get, upstream, platform):
+    add_product(upstream, platform=platform.upper())
+    response = api_get(id="7494645791", storePlatform=platform)
+    assert response.status_code == 200
+    assert response.get_json()["storePlatform"] == platform.upper()
+
+
+@pytest.mark.parametrize("params, field", [
+    ({}, "id"),
+    ({"id": ""}, "id"),
+    ({"id": "x" * 51}, "id"),
+    ({"id": "abc/def"}, "id"),
+    ({"id": "abc def"}, "id"),
+    ({"id": "1", "storePlatform": "AMAZON"}, "storePlatform"),
+    ({"id": "1", "width": "99"}, "width"),
+    ({"id": "1", "width": "2001"}, "width"),
+    ({"id": "1", "width": "abc"}, "width"),
+    ({"id": "1", "width": "0960"}, "width"),
+    ({"id": "1", "width": "960.0"}, "width"),
+    ({"id": "1", "quality": "0"}, "quality"),
+    ({"id": "1", "quality": "101"}, "quality"),
+    ({"id": "1", "format": "gif"}, "format"),
+    ({"id": "1", "colour": "red"}, "colour"),
+])
+def test_invalid_parameters_are_400_with_details(api_get, upstream, params, field):
+    response = api_get(**params)
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["success"] is False
+    assert body["error"] == "validation_failed"
+    assert field in body["details"]
+    assert body["message"].startswith(field)
+    assert body["requestId"]
+    assert len(upstream.calls) == 0
+
+
+def test_width_bounds_message_names_the_range(api_get):
+    body = api_get(id="1", width="99").get_json()
+    assert body["message"] == "width must be an integer between 100 and 2000"
+
+
+@pytest.mark.parametrize("params", [{"width": "100"}, {"width": "2000"}, {"quality": "1"},
+                                    {"quality": "100"}, {"id": "x" * 50}])
+def test_boundary_values_are_accepted(api_get, upstream, params):
+    product_id = params.pop("id", "7494645791")
+    add_product(upstream, product_id=product_id)
+    assert api_get(id=product_id, **params).status_code == 200
+
+
+def test_repeated_parameter_is_400(client):
+    response = client.get("/api/qc-images?id=1&id=2", headers={"X-API-Key": API_KEY})
+    assert response.status_code == 400
+    assert response.get_json()["message"] == "id given more than once"
+
+
+def test_product_without_images_is_404(api_get, upstream):
+    add_product(upstream, data={"qcGroups": []})
+    response = api_get(id="7494645791")
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "no_images"
+
+
+def test_unknown_product_upstream_404_is_404(api_get, upstream):
+    add_product(upstream, status=404, data={})
+    assert api_get(id="7494645791").status_code == 404
+
+
+def test_missing_key_is_401(api_get):
+    response = api_get(id="1", key=None)
+    assert response.status_code == 401
+    assert response.get_json()["error"] == "api_key_missing"
+
+
+def test_wrong_key_is_403(api_get, upstream):
+    response = api_get(id="1", key="not-a-key")
+    assert response.status_code == 403
+    assert response.get_json()["error"] == "api_key_invalid"
+    assert len(upstream.calls) == 0
+
+
+def test_bearer_token_is_accepted(client, upstream):
+    add_product(upstream)
+    response = client.get("/api/qc-images?id=7494645791",
+                          headers={"Authorization": f"Bearer {OTHER_KEY}"})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("name", ["apiKey", "api_key", "key", "token"])
+def test_key_in_query_string_is_refused(client, name):
+    response = client.get(f"/api/qc-images?id=1&{name}={API_KEY}")
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["error"] == "api_key_in_query"
+    assert "X-API-Key" in body["message"]
+
+
+@pytest.mark.parametrize("status, expected", [(500, 502), (503, 502), (418, 502)])
+def test_upstream_errors_become_502_without_upstream_body(api_get, upstream, status, expected):
+    upstream.get(PRODUCT_URL, body="<html>secret upstream stack</html>", status=status)
+    response = api_get(id="7494645791")
+    assert response.status_code == expected
+    assert "secret" not in response.get_data(as_text=True)
+    assert response.get_json()["error"] == "upstream_error"
+
+
+def test_upstream_timeout_is_504(api_get, upstream):
+    upstream.get(PRODUCT_URL, body=requests.exceptions.ReadTimeout("slow"))
+    response = api_get(id="7494645791")
+    assert response.status_code == 504
+    assert response.get_json()["error"] == "upstream_timeout"
+
+
+@pytest.mark.parametrize("body", ["not json", "[1, 2]", '{"nodata": 1}', "[" * 100000])
+def test_upstream_garbage_is_502(api_get, upstream, body):
+    upstream.get(PRODUCT_URL, body=body, content_type="application/json")
+    response = api_get(id="7494645791")
+    assert response.status_code == 502
+
+
+def test_upstream_redirect_is_not_followed(api_get, upstream):
+    upstream.get(PRODUCT_URL, status=302, headers={"Location": "http://203.0.113.1/x"})
+    response = api_get(id="7494645791")
+    assert response.status_code == 502
+    assert len(upstream.calls) == 1
+
+
+def test_lookup_is_cached_for_the_ttl(api_get, upstream):
+    add_product(upstream)
+    assert api_get(id="7494645791").status_code == 200
+    assert api_get(id="7494645791").status_code == 200
+    assert len(upstream.calls) == 1
+
+
+def test_lookups_are_rate_limited_per_key(env, upstream):
+    env["QCIMAGE_LOOKUP_RATE_LIMIT"] = "3 per minute"
+    client = create_app(env).test_client()
+    add_product(upstream)
+    for _ in range(3):
+        assert client.get("/api/qc-images?id=7494645791",
+                          headers={"X-API-Key": API_KEY}).status_code == 200
+    limited = client.get("/api/qc-images?id=7494645791", headers={"X-API-Key": API_KEY})
+    assert limited.status_code == 429
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert limited.get_json()["error"] == "rate_limited"
+    # Another key has its own budget.
+    assert client.get("/api/qc-images?id=7494645791",
+                      headers={"X-API-Key": OTHER_KEY}).status_code == 200
+
+
+def test_second_key_line_is_supported(env, upstream):
+    env["QCIMAGE_API_KEYS"] = key_line("solo", "solo-key-000000000000")
+    client = create_app(env).test_client()
+    add_product(upstream)
+    assert client.get("/api/qc-images?id=7494645791",
+                      headers={"X-API-Key": "solo-key-000000000000"}).status_code == 200
+    assert client.get("/api/qc-images?id=7494645791",
+                      headers={"X-API-Key": API_KEY}).status_code == 403
