@@ -11,8 +11,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 PREFIX = "QCIMAGE_"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 _GRAVITIES = ("north_west", "north", "north_east", "west", "center", "east",
               "south_west", "south", "south_east")
 OUTPUT_FORMATS = ("webp", "jpeg", "png", "avif")
