@@ -7,17 +7,17 @@ they check nginx's part alone; tests/e2e/ runs the same config in front of the a
 import http.client
 import json
 import re
-import runpy
 import shutil
 import ssl
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.e2e.harness import (GUNICORN_CONF, NGINX_SITE_CONF, free_port,
+from tests.e2e.harness import (GUNICORN_CONF, NGINX_SITE_CONF, clean_env, free_port,
                                make_self_signed_cert, nginx_argv, render_site_conf,
                                start_gunicorn, start_nginx, write_main_conf)
 
@@ -117,7 +117,10 @@ def test_no_location_drops_the_server_level_proxy_headers():
 
 
 def test_proxy_timeouts_outlast_the_gunicorn_worker_timeout():
-    worker_timeout = runpy.run_path(str(GUNICORN_CONF))["timeout"]
+    # In a clean interpreter: the default, not whatever this shell exports.
+    probe = f"import runpy; print(runpy.run_path({str(GUNICORN_CONF)!r})['timeout'])"
+    worker_timeout = int(subprocess.run([sys.executable, "-c", probe], env=clean_env(),
+                                        capture_output=True, text=True, check=True).stdout)
     for directive in ("proxy_read_timeout", "proxy_send_timeout"):
         seconds = int(re.search(directive + r" (\d+)s;", DIRECTIVES).group(1))
         assert worker_timeout < seconds <= worker_timeout + 15

@@ -1,0 +1,165 @@
+"""Gunicorn settings for qcimage; every value can be overridden by a QCIMAGE_* variable.
+
+Run with ``gunicorn -c gunicorn.conf.py`` (the WSGI app ``wsgi:app`` is set below).
+Invalid values stop start-up with one line naming the variable and what it accepts.
+
+| variable                      | default                              |
+|-------------------------------|--------------------------------------|
+| QCIMAGE_BIND                  | 127.0.0.1:8000 (comma-separate more) |
+| QCIMAGE_WORKERS               | 2 * usable cores + 1, at most 12     |
+| QCIMAGE_THREADS               | 1                                    |
+| QCIMAGE_WORKER_TIMEOUT        | 30 (seconds)                         |
+| QCIMAGE_GRACEFUL_TIMEOUT      | 30 (seconds)                         |
+| QCIMAGE_KEEPALIVE             | 5 (seconds)                          |
+| QCIMAGE_MAX_REQUESTS          | 1000 (0 turns recycling off)         |
+| QCIMAGE_MAX_REQUESTS_JITTER   | 100                                  |
+| QCIMAGE_ACCESS_LOG            | - (stdout); a path; "off" for none   |
+| QCIMAGE_LOG_LEVEL             | info                                 |
+| QCIMAGE_FORWARDED_ALLOW_IPS   | 127.0.0.1,::1                        |
+| QCIMAGE_CONTROL_SOCKET        | unset: gunicorn's control socket off |
+
+This file must stay importable without the application: it imports neither
+``qcimage`` nor ``wand`` (tests/test_gunicorn_conf.py checks that).
+"""
+
+import ipaddress
+import os
+import re
+
+import gunicorn
+import gunicorn.arbiter
+import gunicorn.http.wsgi
+
+# Above this the default stops growing: every worker holds its own ImageMagick
+# pixel cache, so memory, not CPU, runs out first on big boxes. Set
+# QCIMAGE_WORKERS explicitly to go higher.
+DEFAULT_WORKERS_CAP = 12
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+SERVER_NAME = "qcimage"
+
+_BIND_RE = re.compile(r"^(unix:/\S+|fd://\d+|(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5}))$")
+
+
+def _fail(name, raw, expected):
+    # SystemExit, not an exception: gunicorn would wrap an exception in a long
+    # traceback; an operator with a typo needs one line that says what to fix.
+    raise SystemExit(f"gunicorn.conf.py: {name}={raw!r} is invalid: expected {expected}")
+
+
+def _env(name):
+    """Return the stripped value of ``name``, or None when unset or blank."""
+    raw = os.environ.get(name, "").strip()
+    return raw or None
+
+
+def env_int(name, default, minimum, maximum):
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not minimum <= value <= maximum:
+        _fail(name, raw, f"an integer from {minimum} to {maximum}")
+    return value
+
+
+def env_bind(name, default):
+    raw = _env(name) or default
+    addresses = [part.strip() for part in raw.split(",")]
+    for address in addresses:
+        match = _BIND_RE.match(address)
+        if not match or (match.group(3) and int(match.group(3)) > 65535):
+            _fail(name, raw, "HOST:PORT, [IPV6]:PORT or unix:/PATH, comma-separated")
+    return addresses
+
+
+def env_log_level(name, default):
+    raw = _env(name) or default
+    if raw.lower() not in LOG_LEVELS:
+        _fail(name, raw, "one of " + ", ".join(LOG_LEVELS))
+    return raw.lower()
+
+
+def env_access_log(name, default):
+    raw = _env(name) or default
+    return None if raw.lower() in ("off", "none") else raw
+
+
+def env_allow_ips(name, default):
+    raw = _env(name) or default
+    entries = [part.strip() for part in raw.split(",") if part.strip()]
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry)
+        except ValueError:
+            _fail(name, raw, "'*' or comma-separated IP addresses / CIDR networks")
+    return ",".join(entries)
+
+
+def default_workers():
+    # sched_getaffinity sees the CPUs this process may actually use (taskset,
+    # container cpusets); cpu_count() would count the whole host.
+    cores = len(os.sched_getaffinity(0))
+    return min(2 * cores + 1, DEFAULT_WORKERS_CAP)
+
+
+def hide_server_version():
+    """Make the ``Server`` header and SERVER_SOFTWARE say ``qcimage``, no version.
+
+    Gunicorn copies these constants into its modules at import time, so each
+    copy is replaced; patching only ``gunicorn.SERVER`` would change nothing.
+    Workers are forked from the master after this runs and inherit it.
+    """
+    for module in (gunicorn, gunicorn.http.wsgi):
+        module.SERVER = SERVER_NAME
+        module.SERVER_SOFTWARE = SERVER_NAME
+    gunicorn.arbiter.SERVER_SOFTWARE = SERVER_NAME
+
+
+wsgi_app = "wsgi:app"
+proc_name = "qcimage"
+
+bind = env_bind("QCIMAGE_BIND", "127.0.0.1:8000")
+workers = env_int("QCIMAGE_WORKERS", default_workers(), 1, 256)
+# Rendering is CPU bound and ImageMagick runs single-threaded under our policy,
+# so extra threads only add contention; above 1 gunicorn switches to gthread.
+threads = env_int("QCIMAGE_THREADS", 1, 1, 64)
+# The timeout is what kills a worker stuck in a pathological decode; 0 (never)
+# is therefore refused.
+timeout = env_int("QCIMAGE_WORKER_TIMEOUT", 30, 1, 3600)
+graceful_timeout = env_int("QCIMAGE_GRACEFUL_TIMEOUT", 30, 1, 3600)
+# Only the gthread worker keeps connections open; sync closes after each reply.
+keepalive = env_int("QCIMAGE_KEEPALIVE", 5, 0, 3600)
+# Recycling bounds slow growth of ImageMagick's native heap; jitter keeps the
+# workers from all restarting at the same moment.
+max_requests = env_int("QCIMAGE_MAX_REQUESTS", 1000, 0, 10_000_000)
+max_requests_jitter = env_int("QCIMAGE_MAX_REQUESTS_JITTER", 100, 0, 10_000_000)
+
+accesslog = env_access_log("QCIMAGE_ACCESS_LOG", "-")
+errorlog = "-"
+loglevel = env_log_level("QCIMAGE_LOG_LEVEL", "info")
+forwarded_allow_ips = env_allow_ips("QCIMAGE_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+
+# Never preload: the app would then be imported in the master and ImageMagick
+# (Wand) could initialise its thread pools, locks and OpenMP state there; fork()
+# copies that state into every worker half-initialised, which deadlocks or
+# corrupts renders. Each worker imports the app, and so Wand, after the fork.
+preload_app = False
+
+# The heartbeat file is touched on every request; on disk that is a write per
+# request and a worker "timing out" when the disk stalls. tmpfs avoids both.
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"
+
+# Gunicorn >= 25 opens an unauthenticated control socket by default, at one
+# path per user, so two instances on a box fight over it. Off unless asked for.
+_control_socket = _env("QCIMAGE_CONTROL_SOCKET")
+control_socket_disable = _control_socket is None
+if _control_socket:
+    control_socket = _control_socket
+
+hide_server_version()
