@@ -81,7 +81,7 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.imaging import ImagingEngine, Watermark, WatermarkLayer
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
-    from .services.upstream import DoppelClient
+    from .services.upstream import DoppelClient, make_breaker
 
     watermark = Watermark(layers=tuple(
         WatermarkLayer(text=layer.text, logo=layer.logo, font=layer.font, gravity=layer.gravity,
@@ -92,13 +92,20 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
                            resize_filter=settings.resize_filter)
     # A missing font or logo stops the worker from booting instead of failing each image.
     engine.check_watermark()
+    store = DiskStore(settings.cache_dir or instance_path / "cache", settings.cache_max_bytes)
+    redis_client = None
+    if settings.redis_url:
+        shared = RedisStore(settings.redis_url)
+        redis_client = shared.client
+        store = TieredStore(store, shared)
     client = DoppelClient(
         settings.upstream_url, connect_timeout=settings.upstream_connect_timeout,
         read_timeout=settings.upstream_read_timeout, lookup_deadline=settings.lookup_total_timeout,
-        image_deadline=settings.image_total_timeout, max_image_bytes=settings.max_source_bytes)
-    store = DiskStore(settings.cache_dir or instance_path / "cache", settings.cache_max_bytes)
-    if settings.redis_url:
-        store = TieredStore(store, RedisStore(settings.redis_url))
+        image_deadline=settings.image_total_timeout, max_image_bytes=settings.max_source_bytes,
+        retries=settings.upstream_retries,
+        breaker=make_breaker(fail_max=settings.breaker_fail_max,
+                             reset_timeout=settings.breaker_reset_timeout,
+                             redis_client=redis_client))
     return Services(
         settings=settings,
         signer=Signer(settings.signing_keys),

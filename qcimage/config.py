@@ -58,6 +58,11 @@ class Settings:
     upstream_read_timeout: float
     lookup_total_timeout: float
     image_total_timeout: float
+    upstream_retries: int
+    breaker_fail_max: int
+    breaker_reset_timeout: float
+    worker_timeout: int
+    redis_required: bool
     max_source_bytes: int
     max_source_pixels: int
     source_width: int
@@ -270,9 +275,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         signed_url_bucket=reader.int("SIGNED_URL_BUCKET", 86400, 1, 30 * 86400),
         srcset_widths=_parse_widths(reader),
         upstream_connect_timeout=reader.float("UPSTREAM_CONNECT_TIMEOUT", 3.05, 0.1, 30),
-        upstream_read_timeout=reader.float("UPSTREAM_READ_TIMEOUT", 10.0, 0.1, 120),
-        lookup_total_timeout=reader.float("LOOKUP_TIMEOUT", 10.0, 0.5, 120),
-        image_total_timeout=reader.float("IMAGE_FETCH_TIMEOUT", 20.0, 0.5, 120),
+        upstream_read_timeout=reader.float("UPSTREAM_READ_TIMEOUT", 5.0, 0.1, 120),
+        lookup_total_timeout=reader.float("LOOKUP_TIMEOUT", 8.0, 0.5, 120),
+        image_total_timeout=reader.float("IMAGE_FETCH_TIMEOUT", 15.0, 0.5, 120),
+        upstream_retries=reader.int("UPSTREAM_RETRIES", 2, 0, 5),
+        breaker_fail_max=reader.int("BREAKER_FAIL_MAX", 5, 1, 1000),
+        breaker_reset_timeout=reader.float("BREAKER_RESET_TIMEOUT", 30.0, 0.5, 3600),
+        # gunicorn.conf.py reads the same variable: deadlines are checked against it.
+        worker_timeout=reader.int("WORKER_TIMEOUT", 30, 1, 3600),
+        redis_required=reader.bool("REDIS_REQUIRED", False),
         max_source_bytes=reader.int("MAX_SOURCE_BYTES", 60 * 1024 * 1024, 1024, 1024 ** 3),
         max_source_pixels=reader.int("MAX_SOURCE_PIXELS", 50_000_000, 10_000, 268_000_000),
         source_width=reader.int("SOURCE_WIDTH", 0, 0, 10000),
@@ -280,7 +291,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         source_quality=reader.int("SOURCE_QUALITY", 95, 1, 100),
         cache_max_bytes=reader.int("CACHE_MAX_BYTES", 2 * 1024 ** 3, 0, 1024 ** 4),
         lookup_cache_ttl=reader.int("LOOKUP_CACHE_TTL", 300, 0, 86400),
-        render_wait_timeout=reader.float("RENDER_WAIT_TIMEOUT", 20.0, 0.1, 120),
+        render_wait_timeout=reader.float("RENDER_WAIT_TIMEOUT", 10.0, 0.1, 120),
         resize_filter=reader.choice("RESIZE_FILTER", "triangle",
                                     ("triangle", "lanczos", "mitchell", "catrom", "box")),
         auto_formats=tuple(f.lower() for f in reader.csv("AUTO_FORMATS")) or ("webp", "jpeg"),
@@ -296,6 +307,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if "jpeg" not in settings.auto_formats and "png" not in settings.auto_formats:
         reader.errors.append(f"{PREFIX}AUTO_FORMATS must end with a format every browser reads "
                              "(jpeg or png)")
+    # A slow upstream must end in our 504, never in gunicorn killing the worker: the
+    # whole fetch (deadline + one last socket read) plus a render has to fit.
+    for name, deadline in (("LOOKUP_TIMEOUT", settings.lookup_total_timeout),
+                           ("IMAGE_FETCH_TIMEOUT", settings.image_total_timeout)):
+        if deadline + settings.upstream_read_timeout + 3 >= settings.worker_timeout:
+            reader.errors.append(
+                f"{PREFIX}{name} + {PREFIX}UPSTREAM_READ_TIMEOUT + 3 s must stay under "
+                f"{PREFIX}WORKER_TIMEOUT ({settings.worker_timeout} s)")
     if reader.errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(reader.errors))
     return settings

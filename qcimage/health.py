@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app
 
+from .errors import error_response
 from .extensions import limiter, talisman
 
 bp = Blueprint("health", __name__)
@@ -21,13 +22,18 @@ def health():
 @talisman(force_https=False)
 def ready():
     services = current_app.extensions["qcimage"]
-    checks = {}
+    checks = {"upstream_circuit": services.client.circuit_state()}
+    problems = []
+    if checks["upstream_circuit"] == "open":
+        problems.append("the circuit to upstream is open")
     ping = getattr(getattr(services.store, "shared", None), "ping", None)
     if ping is not None:
         checks["redis"] = "ok" if ping() else "down"
-    ok = all(value == "ok" for value in checks.values())
-    body = {"status": "ready" if ok else "unavailable", "checks": checks}
-    headers = {"Cache-Control": "no-store"}
-    if not ok:
-        headers["Retry-After"] = "5"
-    return body, 200 if ok else 503, headers
+        if checks["redis"] == "down" and services.settings.redis_required:
+            problems.append("redis is unreachable")
+    if problems:
+        retry = services.client.retry_after() if checks["upstream_circuit"] == "open" else 5
+        return error_response(503, "not_ready", "not ready: " + "; ".join(problems),
+                              details=checks, headers={"Retry-After": str(retry)})
+    status = "degraded" if "down" in checks.values() else "ready"
+    return {"status": status, "checks": checks}, 200, {"Cache-Control": "no-store"}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
 
+import pybreaker
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
@@ -43,6 +45,58 @@ class SourceTooLarge(ServiceError):
     code = "image_too_large"
 
 
+class UpstreamUnavailable(ServiceError):
+    """The circuit is open: upstream failed repeatedly, so we fail fast for a while."""
+
+    status = 503
+    code = "upstream_unavailable"
+
+
+class _CappedRetry(Retry):
+    """urllib3's Retry, but a ``Retry-After`` longer than the cap is not waited out.
+
+    Upstream may ask for minutes; our callers have seconds. Waiting up to the cap
+    and then failing (502) keeps every request inside its deadline.
+    """
+
+    retry_after_cap = 2.0
+
+    def get_retry_after(self, response):
+        retry_after = super().get_retry_after(response)
+        return None if retry_after is None else min(retry_after, self.retry_after_cap)
+
+
+def _is_healthy_answer(error: BaseException) -> bool:
+    # Upstream answered sensibly ("no such image", "too big"): not a sign of an outage.
+    return isinstance(error, (UpstreamNotFound, SourceTooLarge))
+
+
+def make_breaker(*, fail_max: int = 5, reset_timeout: float = 30.0,
+                 redis_client=None) -> pybreaker.CircuitBreaker:
+    """A breaker per process, or shared by every worker and box through Redis."""
+    storage = None
+    if redis_client is not None:
+        storage = _SharedBreakerStorage(redis_client)
+    return pybreaker.CircuitBreaker(
+        fail_max=fail_max, reset_timeout=reset_timeout, exclude=[_is_healthy_answer],
+        state_storage=storage, name="upstream", throw_new_error_on_trip=False)
+
+
+class _SharedBreakerStorage(pybreaker.CircuitRedisStorage):
+    """pybreaker's Redis storage that also starts while Redis is down (then: closed)."""
+
+    def __init__(self, redis_client):
+        # pybreaker logs a full traceback on every Redis error; our cache logs outages once.
+        logging.getLogger(pybreaker.__name__).setLevel(logging.CRITICAL)
+        super().__init__(pybreaker.STATE_CLOSED, redis_client, namespace="qcimage")
+
+    def _initialize_redis_state(self, state: str) -> None:
+        try:
+            super()._initialize_redis_state(state)
+        except Exception:  # redis.RedisError or OSError: initialised on first success
+            pass
+
+
 @dataclass(frozen=True)
 class Source:
     """An upstream image body, fully read and within the byte limit."""
@@ -62,7 +116,8 @@ class DoppelClient:
     def __init__(self, base_url: str, *, connect_timeout: float = 3.05,
                  read_timeout: float = 10.0, lookup_deadline: float = 10.0,
                  image_deadline: float = 20.0, max_image_bytes: int = 60 * 1024 * 1024,
-                 retries: int = 2, pool_size: int = 8):
+                 retries: int = 2, pool_size: int = 8,
+                 breaker: pybreaker.CircuitBreaker | None = None):
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
         self.lookup_deadline = lookup_deadline
@@ -70,7 +125,8 @@ class DoppelClient:
         self.max_image_bytes = max_image_bytes
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "qcimage/0.1"
-        retry = Retry(
+        self.breaker = breaker or make_breaker()
+        retry = _CappedRetry(
             total=retries, connect=retries, read=0, redirect=0, other=0,
             status=retries, status_forcelist=(502, 503, 504), allowed_methods=frozenset({"GET"}),
             backoff_factor=0.2, backoff_max=2.0, backoff_jitter=0.1,
@@ -80,8 +136,39 @@ class DoppelClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
+    def circuit_state(self) -> str:
+        """``closed``, ``open`` or ``half-open``.
+
+        pybreaker leaves an open circuit "open" until the next call, even after its
+        reset timeout; readiness must not keep a box out of rotation for that, or no
+        call would ever come to close it. So past the timeout it reads "half-open".
+        """
+        state = self.breaker.current_state
+        if state == pybreaker.STATE_OPEN and self._open_for() >= self.breaker.reset_timeout:
+            return pybreaker.STATE_HALF_OPEN
+        return state
+
+    def _open_for(self) -> float:
+        opened = self.breaker._state_storage.opened_at
+        return float("inf") if opened is None else time.time() - opened.timestamp()
+
+    def retry_after(self) -> int:
+        """Seconds until an open circuit lets a probe request through."""
+        remaining = self.breaker.reset_timeout - self._open_for()
+        return max(1, math.ceil(min(remaining, self.breaker.reset_timeout)))
+
     def _get(self, path: str, params: dict[str, str], *, limit: int, deadline: float,
              what: str) -> tuple[requests.Response, bytes, float]:
+        try:
+            return self.breaker.call(self._fetch, path, params, limit=limit, deadline=deadline,
+                                     what=what)
+        except pybreaker.CircuitBreakerError:
+            error = UpstreamUnavailable("upstream is failing; not asking it again for a moment")
+            error.retry_after = self.retry_after()
+            raise error from None
+
+    def _fetch(self, path: str, params: dict[str, str], *, limit: int, deadline: float,
+               what: str) -> tuple[requests.Response, bytes, float]:
         started = time.monotonic()
         try:
             with self.session.get(self.base_url + path, params=params, timeout=self.timeout,
