@@ -13,7 +13,7 @@ import pytest
 import requests
 from gunicorn.config import Config
 
-from tests.e2e.harness import GUNICORN_CONF, ROOT, clean_env, start_gunicorn
+from tools.harness import GUNICORN_CONF, ROOT, clean_env, start_gunicorn
 
 ENV_NAMES = (
     "QCIMAGE_BIND", "QCIMAGE_WORKERS", "QCIMAGE_THREADS", "QCIMAGE_WORKER_TIMEOUT",

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.harness import (GUNICORN_CONF, NGINX_SITE_CONF, clean_env, free_port,
-                               make_self_signed_cert, nginx_argv, render_site_conf,
-                               start_gunicorn, start_nginx, write_main_conf)
+from tools.harness import (GUNICORN_CONF, NGINX_SITE_CONF, clean_env, free_port,
+                           make_self_signed_cert, nginx_argv, render_site_conf,
+                           start_gunicorn, start_nginx, write_main_conf)
 
 SHIPPED = NGINX_SITE_CONF.read_text()
 # The directives alone: comments explain, and may name directives that are not used.

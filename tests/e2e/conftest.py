@@ -5,7 +5,7 @@ import secrets
 
 import pytest
 
-from . import harness
+from tools import harness
 
 
 @pytest.hookimpl(hookwrapper=True)

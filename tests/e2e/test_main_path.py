@@ -14,7 +14,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from tools.samples import SAMPLES_BY_ID, find_product
 
-from . import harness
+from tools import harness
 
 PRODUCT_ID = "7494645791"
 PLATFORM = "WEIDIAN"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 GUNICORN_CONF = ROOT / "gunicorn.conf.py"
 NGINX_SITE_CONF = ROOT / "nginx" / "qcimage.conf"
 SAMPLES_DIR = ROOT / "tools" / ".samples"
@@ -263,7 +263,7 @@ def _rewrite(text, pattern, replacement, count):
     new_text, found = re.subn(pattern, replacement, text, flags=re.M)
     if found != count:
         raise AssertionError(f"nginx/qcimage.conf: expected {count} match(es) of {pattern!r}, "
-                             f"found {found}; update tests/e2e/harness.py with the file")
+                             f"found {found}; update tools/harness.py with the file")
     return new_text
 
 
