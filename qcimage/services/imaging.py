@@ -53,6 +53,7 @@ __all__ = [
     "WatermarkLayer",
     "available_output_formats",
     "default_watermark",
+    "displayed_size",
     "imagemagick_version",
     "probe",
     "resource_limits",
@@ -237,6 +238,14 @@ def probe(data: bytes) -> tuple[str, int, int]:
     if width < 1 or height < 1:
         raise UnsupportedImage(f"the {fmt} header has no size")
     return fmt, width, height
+
+
+def displayed_size(data: bytes) -> tuple[int, int]:
+    """(width, height) as shown, after EXIF orientation, from the header alone."""
+    fmt, width, height = probe(data)
+    if fmt == "jpeg" and _jpeg_orientation(data) in _TRANSPOSED_EXIF:
+        return height, width
+    return width, height
 
 
 def _garbled(fmt: str) -> UnsupportedImage:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 
 from .cache import Entry, LookupCache, RenderCache, RenderTimeout
-from .imaging import ImagingEngine, RenderSpec, imagemagick_version
-from .upstream import DoppelClient, UpstreamTimeout
+from .imaging import ImagingEngine, RenderSpec, displayed_size, imagemagick_version, probe
+from .upstream import DoppelClient, Source, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
 # Bump when the pipeline changes its output for the same inputs: old renders go stale.
 PIPELINE_VERSION = "1"
+# Doppel's originals are at most this wide; asking for more only costs bytes.
+MAX_SOURCE_WIDTH = 5000
 
 
 class ProductLookup:
@@ -96,13 +99,27 @@ class ImageRenderer:
         """Strong ETag known before rendering: same inputs, same bytes."""
         return '"' + self.cache_key(job)[:40] + '"'
 
+    def _fetch_source(self, job: RenderJob) -> Source:
+        width, fmt, quality = self.source.params(job)
+        source = self.client.fetch_image(job.image_id, width=width, fmt=fmt, quality=quality)
+        if self.source.width:
+            return source
+        # Upstream sizes the *stored* pixels: an EXIF-rotated portrait asked for at 960
+        # comes back 960 tall and only 720 wide once upright. Ask once more, wide enough.
+        _, stored_width, _ = probe(source.data)
+        shown_width, _ = displayed_size(source.data)
+        if shown_width < job.width and stored_width >= width:
+            wider = min(MAX_SOURCE_WIDTH, math.ceil(job.width * stored_width / shown_width))
+            source = self.client.fetch_image(job.image_id, width=wider, fmt=fmt,
+                                             quality=quality)
+        return source
+
     def render(self, job: RenderJob) -> RenderResult:
         timings: dict[str, float] = {}
 
         def produce() -> Entry:
-            width, fmt, quality = self.source.params(job)
             started = time.perf_counter()
-            source = self.client.fetch_image(job.image_id, width=width, fmt=fmt, quality=quality)
+            source = self._fetch_source(job)
             timings["upstream_ms"] = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
             rendered = self.engine.render(source.data, RenderSpec(width=job.width,

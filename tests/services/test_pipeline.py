@@ -1,0 +1,108 @@
+"""ImageRenderer and ProductLookup: source sizing, cache keys, stale look-ups."""
+
+from __future__ import annotations
+
+import io
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import responses
+from PIL import Image
+
+from qcimage.services.cache import DiskStore, LookupCache, RenderCache
+from qcimage.services.imaging import ImagingEngine, Watermark, WatermarkLayer, DEFAULT_FONT
+from qcimage.services.pipeline import ImageRenderer, ProductLookup, RenderJob, SourcePolicy
+from qcimage.services.upstream import DoppelClient, UpstreamError
+
+BASE = "https://upstream.test"
+
+
+def rotated_jpeg(stored_w: int, stored_h: int) -> bytes:
+    """A JPEG stored landscape with EXIF Orientation=6 (shown portrait)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    Image.new("RGB", (stored_w, stored_h), (120, 130, 140)).save(out, "JPEG", exif=exif)
+    return out.getvalue()
+
+
+@pytest.fixture
+def engine():
+    return ImagingEngine(Watermark(layers=(WatermarkLayer(text="qc", font=DEFAULT_FONT),)))
+
+
+@pytest.fixture
+def store(tmp_path):
+    disk = DiskStore(tmp_path / "c", size_limit=10 ** 8)
+    yield disk
+    disk.close()
+
+
+def renderer(engine, store, source=SourcePolicy(), fingerprint="wm1"):
+    client = DoppelClient(BASE, retries=0)
+    return ImageRenderer(client, RenderCache(store), engine, source=source,
+                         watermark_fingerprint=fingerprint)
+
+
+def requested_widths(calls):
+    return [int(parse_qs(urlsplit(c.request.url).query)["width"][0]) for c in calls]
+
+
+@responses.activate
+def test_default_policy_asks_upstream_for_the_output_width(engine, store):
+    out = io.BytesIO()
+    Image.new("RGB", (960, 720), "white").save(out, "JPEG")
+    responses.get(BASE + "/img", body=out.getvalue(), content_type="image/jpeg")
+    result = renderer(engine, store).render(RenderJob("abc", 960, 80, "webp"))
+    assert requested_widths(responses.calls) == [960]
+    query = parse_qs(urlsplit(responses.calls[0].request.url).query)
+    assert (query["format"], query["quality"]) == (["jpeg"], ["95"])
+    with Image.open(io.BytesIO(result.entry.data)) as img:
+        assert img.size == (960, 720)
+
+
+@responses.activate
+def test_rotated_source_is_fetched_again_wide_enough(engine, store):
+    responses.get(BASE + "/img", body=rotated_jpeg(960, 720), content_type="image/jpeg")
+    responses.get(BASE + "/img", body=rotated_jpeg(1280, 960), content_type="image/jpeg")
+    result = renderer(engine, store).render(RenderJob("abc", 960, 80, "webp"))
+    assert requested_widths(responses.calls) == [960, 1280]
+    with Image.open(io.BytesIO(result.entry.data)) as img:
+        assert img.size == (960, 1280)
+
+
+@responses.activate
+def test_configured_source_width_is_used_as_is(engine, store):
+    responses.get(BASE + "/img", body=rotated_jpeg(2000, 1500), content_type="image/jpeg")
+    policy = SourcePolicy(width=5000, format="png", quality=100)
+    renderer(engine, store, policy).render(RenderJob("abc", 960, 80, "webp"))
+    query = parse_qs(urlsplit(responses.calls[0].request.url).query)
+    assert (query["width"], query["format"], query["quality"]) == (["5000"], ["png"], ["100"])
+
+
+def test_cache_key_covers_every_input(engine, store):
+    base = renderer(engine, store)
+    job = RenderJob("abc", 960, 80, "webp")
+    keys = {base.cache_key(job),
+            base.cache_key(RenderJob("abd", 960, 80, "webp")),
+            base.cache_key(RenderJob("abc", 961, 80, "webp")),
+            base.cache_key(RenderJob("abc", 960, 81, "webp")),
+            base.cache_key(RenderJob("abc", 960, 80, "png")),
+            renderer(engine, store, fingerprint="wm2").cache_key(job),
+            renderer(engine, store, SourcePolicy(width=5000)).cache_key(job)}
+    assert len(keys) == 7
+    assert base.etag(job) == renderer(engine, store).etag(job)
+
+
+@responses.activate
+def test_stale_lookup_is_served_when_upstream_fails(store):
+    now = [1000.0]
+    lookup = ProductLookup(DoppelClient(BASE, retries=0),
+                           LookupCache(store, ttl=60, clock=lambda: now[0]))
+    responses.get(BASE + "/api/v1/products/qcMedia", json={"data": {"image": "abc"}})
+    assert lookup.image_ids("1", "WEIDIAN") == (["abc"], False)
+    now[0] += 120
+    responses.replace(responses.GET, BASE + "/api/v1/products/qcMedia", status=503)
+    assert lookup.image_ids("1", "WEIDIAN") == (["abc"], True)
+    with pytest.raises(UpstreamError):
+        lookup.image_ids("2", "WEIDIAN")
