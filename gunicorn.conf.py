@@ -17,6 +17,7 @@ Invalid values stop start-up with one line naming the variable and what it accep
 | QCIMAGE_LOG_LEVEL             | info                                 |
 | QCIMAGE_FORWARDED_ALLOW_IPS   | 127.0.0.1,::1                        |
 | QCIMAGE_CONTROL_SOCKET        | unset: gunicorn's control socket off |
+| QCIMAGE_METRICS_DIR           | a fresh folder per start (/dev/shm)  |
 
 This file must stay importable without the application: it imports neither
 ``qcimage`` nor ``wand`` (tests/test_gunicorn_conf.py checks that).
@@ -25,6 +26,8 @@ This file must stay importable without the application: it imports neither
 import ipaddress
 import os
 import re
+import shutil
+import tempfile
 
 import gunicorn
 import gunicorn.arbiter
@@ -163,3 +166,37 @@ if _control_socket:
     control_socket = _control_socket
 
 hide_server_version()
+
+
+def metrics_dir():
+    """A fresh folder for prometheus-client's per-worker files, exported to the workers.
+
+    Set before any worker imports prometheus_client (it reads the variable once).
+    QCIMAGE_METRICS_DIR pins it; otherwise one per master under /dev/shm (or /tmp).
+    """
+    path = _env("QCIMAGE_METRICS_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(path, name))
+    else:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        path = tempfile.mkdtemp(prefix="qcimage-metrics-", dir=base)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+_metrics_dir = metrics_dir()
+
+
+def child_exit(server, worker):
+    # A dead worker's live gauges (in-flight requests, circuit state) must stop counting.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, _metrics_dir)
+
+
+def on_exit(server):
+    if not _env("QCIMAGE_METRICS_DIR"):
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -143,11 +143,12 @@ def register_extensions(app: Flask, settings: Settings) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import health, images, products
+    from . import health, images, openapi, products
 
     app.register_blueprint(products.bp)
     app.register_blueprint(images.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
 
 
 def register_errorhandlers(app: Flask) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -75,6 +76,7 @@ class Settings:
     auto_formats: tuple[str, ...]
     watermark: tuple[WatermarkSettings, ...]
     log_format: str
+    metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     demo_secrets: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -214,6 +216,19 @@ def _parse_widths(reader: _Reader) -> tuple[int, ...]:
     return tuple(sorted({int(v) for v in values}))
 
 
+def _parse_networks(reader: _Reader, name: str, default: str):
+    entries = reader.csv(name) or tuple(default.split(","))
+    networks = []
+    for entry in entries:
+        if entry == "*":
+            return (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            reader.errors.append(f"{PREFIX}{name} entries must be IP networks or *, got {entry!r}")
+    return tuple(networks)
+
+
 def _check_url(reader: _Reader, name: str, value: str | None) -> str | None:
     if value is None:
         return None
@@ -298,6 +313,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         watermark=_parse_watermark(reader),
         log_format=reader.choice("LOG_FORMAT", "json" if env == "production" else "text",
                                  ("json", "text")),
+        metrics_allow=_parse_networks(reader, "METRICS_ALLOW", "127.0.0.1/32,::1/128"),
         demo_secrets=demo,
     )
     for fmt in settings.auto_formats:

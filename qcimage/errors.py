@@ -6,7 +6,7 @@ import logging
 import math
 import time
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .services import ServiceError
@@ -84,6 +84,9 @@ def register_error_handlers(app: Flask) -> None:
         status = error.code or 500
         headers: dict[str, str] = {}
         if status == 429:
+            from .metrics import RATE_LIMITED
+
+            RATE_LIMITED.labels(request.url_rule.rule if request.url_rule else "unmatched").inc()
             headers.update(_rate_limit_headers())
             message = "rate limit exceeded: " + str(error.description)
         elif status == 404:

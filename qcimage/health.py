@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+import ipaddress
 
-from .errors import error_response
+from flask import Blueprint, Response, current_app, request
+
+from .errors import APIError, error_response
 from .extensions import limiter, talisman
+from .metrics import render_latest
 
 bp = Blueprint("health", __name__)
 limiter.exempt(bp)
@@ -37,3 +40,18 @@ def ready():
                               details=checks, headers={"Retry-After": str(retry)})
     status = "degraded" if "down" in checks.values() else "ready"
     return {"status": status, "checks": checks}, 200, {"Cache-Control": "no-store"}
+
+
+@bp.get("/metrics")
+@talisman(force_https=False)
+def metrics():
+    # Metrics reveal traffic and key names: only the configured networks may scrape.
+    try:
+        client = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        client = None
+    allowed = current_app.extensions["qcimage"].settings.metrics_allow
+    if client is None or not any(client in network for network in allowed):
+        raise APIError(403, "forbidden", "metrics are not available from this address")
+    body, content_type = render_latest()
+    return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})

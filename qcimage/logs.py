@@ -11,6 +11,8 @@ import uuid
 from flask import Flask, g, request
 from pythonjsonlogger.json import JsonFormatter
 
+from . import metrics
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 access_log = logging.getLogger("qcimage.access")
 
@@ -44,6 +46,8 @@ def configure_logging(app: Flask, log_format: str) -> None:
     @app.before_request
     def assign_request_id():
         g.started = time.perf_counter()
+        metrics.IN_FLIGHT.inc()
+        g.in_flight = True
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
@@ -67,4 +71,14 @@ def configure_logging(app: Flask, log_format: str) -> None:
         }
         access_log.info("%s %s %s %sms", request.method, request.path, response.status_code,
                         duration, extra=fields)
+        # Unmatched paths share one label: a scanner must not mint a series per URL.
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        if duration is not None:
+            metrics.REQUEST_SECONDS.labels(route, request.method).observe(duration / 1000)
         return response
+
+    @app.teardown_request
+    def end_in_flight(error=None):
+        if g.pop("in_flight", False):
+            metrics.IN_FLIGHT.dec()

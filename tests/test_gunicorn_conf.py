@@ -24,8 +24,10 @@ ENV_NAMES = (
 
 
 @pytest.fixture
-def load_conf(monkeypatch):
+def load_conf(monkeypatch, request):
     """Execute gunicorn.conf.py under a given environment and return it as a module."""
+    # The file exports PROMETHEUS_MULTIPROC_DIR for its workers; keep it out of this process.
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     # The file patches gunicorn's globals; restore them after each test.
     for module in (gunicorn, gunicorn.http.wsgi):
         monkeypatch.setattr(module, "SERVER", module.SERVER)
@@ -40,6 +42,7 @@ def load_conf(monkeypatch):
             monkeypatch.setenv(name, value)
         spec = importlib.util.spec_from_file_location("gunicorn_conf_under_test", GUNICORN_CONF)
         module = importlib.util.module_from_spec(spec)
+        request.addfinalizer(lambda: getattr(module, "on_exit", lambda _: None)(None))
         spec.loader.exec_module(module)
         return module
     return load
@@ -151,7 +154,9 @@ def test_gunicorn_accepts_every_value_and_knows_every_name(load_conf):
             if name.islower() and not name.startswith("_") and not callable(value)
             and not isinstance(value, types.ModuleType)}
     config = Config()
-    assert ours == set(settings(conf))
+    hooks = {name for name, value in settings(conf).items() if callable(value)}
+    assert hooks == {"child_exit", "on_exit"}
+    assert ours == set(settings(conf)) - hooks
     for name, value in settings(conf).items():
         config.set(name, value)
     assert config.worker_class_str == "sync"
@@ -208,3 +213,18 @@ def test_a_real_response_names_qcimage_without_any_version(tmp_path):
     assert response.headers["Server"] == "qcimage"
     assert response.text == "qcimage"
     assert gunicorn.__version__ not in str(response.headers)
+
+
+def test_workers_share_one_fresh_metrics_folder(load_conf, tmp_path):
+    pinned = tmp_path / "metrics"
+    pinned.mkdir()
+    (pinned / "counter_123.db").write_bytes(b"stale")
+    conf = load_conf(QCIMAGE_METRICS_DIR=str(pinned))
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(pinned)
+    assert list(pinned.iterdir()) == []
+    conf.on_exit(None)
+    assert pinned.is_dir()
+    fresh = load_conf()
+    assert os.path.isdir(fresh._metrics_dir)
+    fresh.on_exit(None)
+    assert not os.path.exists(fresh._metrics_dir)

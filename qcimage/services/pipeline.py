@@ -8,6 +8,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from .. import metrics
 from .cache import Entry, LookupCache, RenderCache, RenderTimeout
 from .imaging import ImagingEngine, RenderSpec, displayed_size, imagemagick_version, probe
 from .upstream import DoppelClient, Source, UpstreamTimeout
@@ -32,13 +33,16 @@ class ProductLookup:
         key = f"{platform}:{product_id}"
         cached = self.cache.get(key)
         if cached is not None and cached[1]:
+            metrics.CACHE_REQUESTS.labels("lookup", "hit").inc()
             return cached[0], False
+        metrics.CACHE_REQUESTS.labels("lookup", "miss").inc()
         try:
             ids = self.client.product_images(product_id, platform)
         except Exception as error:
             status = getattr(error, "status", 500)
             if cached is not None and status >= 500:
                 log.warning("serving stale look-up for %s: upstream failed", key)
+                metrics.CACHE_REQUESTS.labels("lookup", "stale").inc()
                 return cached[0], True
             raise
         self.cache.set(key, ids)
@@ -126,10 +130,14 @@ class ImageRenderer:
                                                                   quality=job.quality,
                                                                   format=job.format))
             timings["render_ms"] = (time.perf_counter() - started) * 1000
+            metrics.RENDER_SECONDS.labels(job.format).observe(timings["render_ms"] / 1000)
             return Entry(data=rendered.data, mime=rendered.mime)
 
         try:
             entry, cached = self.cache.get_or_render(self.cache_key(job), produce)
         except RenderTimeout:
             raise UpstreamTimeout("timed out waiting for the image to be rendered") from None
+        metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss").inc()
+        if cached:
+            metrics.CACHE_BYTES.inc(len(entry.data))
         return RenderResult(entry, cached, timings.get("upstream_ms"), timings.get("render_ms"))

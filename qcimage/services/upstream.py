@@ -14,6 +14,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from .. import metrics
 from . import ServiceError
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,17 @@ def make_breaker(*, fail_max: int = 5, reset_timeout: float = 30.0,
         storage = _SharedBreakerStorage(redis_client)
     return pybreaker.CircuitBreaker(
         fail_max=fail_max, reset_timeout=reset_timeout, exclude=[_is_healthy_answer],
-        state_storage=storage, name="upstream", throw_new_error_on_trip=False)
+        state_storage=storage, name="upstream", throw_new_error_on_trip=False,
+        listeners=[_CircuitWatcher()])
+
+
+class _CircuitWatcher(pybreaker.CircuitBreakerListener):
+    """Log and export every change of the circuit's state."""
+
+    def state_change(self, cb, old_state, new_state) -> None:
+        name = getattr(new_state, "name", str(new_state))
+        metrics.CIRCUIT_OPEN.set(1 if name == pybreaker.STATE_OPEN else 0)
+        log.warning("upstream circuit %s -> %s", getattr(old_state, "name", old_state), name)
 
 
 class _SharedBreakerStorage(pybreaker.CircuitRedisStorage):
@@ -159,13 +170,20 @@ class DoppelClient:
 
     def _get(self, path: str, params: dict[str, str], *, limit: int, deadline: float,
              what: str) -> tuple[requests.Response, bytes, float]:
+        started = time.monotonic()
         try:
             return self.breaker.call(self._fetch, path, params, limit=limit, deadline=deadline,
                                      what=what)
         except pybreaker.CircuitBreakerError:
+            metrics.UPSTREAM_ERRORS.labels(what, "circuit_open").inc()
             error = UpstreamUnavailable("upstream is failing; not asking it again for a moment")
             error.retry_after = self.retry_after()
             raise error from None
+        except ServiceError as error:
+            metrics.UPSTREAM_ERRORS.labels(what, error.code).inc()
+            raise
+        finally:
+            metrics.UPSTREAM_SECONDS.labels(what).observe(time.monotonic() - started)
 
     def _fetch(self, path: str, params: dict[str, str], *, limit: int, deadline: float,
                what: str) -> tuple[requests.Response, bytes, float]:
