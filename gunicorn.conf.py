@@ -31,6 +31,7 @@ import tempfile
 
 import gunicorn
 import gunicorn.arbiter
+import gunicorn.glogging
 import gunicorn.http.wsgi
 
 # Above this the default stops growing: every worker holds its own ImageMagick
@@ -145,6 +146,52 @@ max_requests_jitter = env_int("QCIMAGE_MAX_REQUESTS_JITTER", 100, 0, 10_000_000)
 accesslog = env_access_log("QCIMAGE_ACCESS_LOG", "-")
 errorlog = "-"
 loglevel = env_log_level("QCIMAGE_LOG_LEVEL", "info")
+# The path only (%(U)s), never the query: image URLs carry their signature there.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'
+
+
+def log_format():
+    """json or text, as the app decides it (QCIMAGE_LOG_FORMAT, else by QCIMAGE_ENV)."""
+    raw = _env("QCIMAGE_LOG_FORMAT")
+    if raw is None:
+        return "text" if (_env("QCIMAGE_ENV") or "").lower() == "development" else "json"
+    if raw.lower() not in ("json", "text"):
+        _fail("QCIMAGE_LOG_FORMAT", raw, "json or text")
+    return raw.lower()
+
+
+class QcimageLogger(gunicorn.glogging.Logger):
+    """gunicorn's logger, writing JSON lines like the app when the format is json."""
+
+    json = log_format() == "json"
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        if self.json:
+            from pythonjsonlogger.json import JsonFormatter
+
+            formatter = JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})
+            for log in (self.error_log, self.access_log):
+                for handler in log.handlers:
+                    handler.setFormatter(formatter)
+
+    def access(self, resp, req, environ, request_time):
+        if not self.json:
+            return super().access(resp, req, environ, request_time)
+        if not self.cfg.accesslog:
+            return None
+        atoms = self.atoms(resp, req, environ, request_time)
+        self.access_log.info("%s %s %s", atoms["m"], atoms["U"], atoms["s"], extra={
+            "client_ip": atoms["h"], "method": atoms["m"], "path": atoms["U"],
+            "status": resp.status_code, "bytes": atoms["B"],
+            "duration_ms": round(request_time.total_seconds() * 1000, 2),
+            "request_id": atoms.get("{x-request-id}o"), "user_agent": atoms["a"]})
+        return None
+
+
+logger_class = QcimageLogger
 forwarded_allow_ips = env_allow_ips("QCIMAGE_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 
 # Never preload: the app would then be imported in the master and ImageMagick
