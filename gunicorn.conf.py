@@ -171,8 +171,9 @@ class QcimageLogger(gunicorn.glogging.Logger):
             from pythonjsonlogger.json import JsonFormatter
 
             formatter = JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})
+                "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger",
+                               "process": "pid"})
             for log in (self.error_log, self.access_log):
                 for handler in log.handlers:
                     handler.setFormatter(formatter)

@@ -32,8 +32,9 @@ def configure_logging(app: Flask, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
+            "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger",
+                           "process": "pid"}))
     else:
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"))
