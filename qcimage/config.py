@@ -17,6 +17,10 @@ _KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 _GRAVITIES = ("north_west", "north", "north_east", "west", "center", "east",
               "south_west", "south", "south_east")
 OUTPUT_FORMATS = ("webp", "jpeg", "png", "avif")
+# From Debian's fonts-dejavu-core (installed by `make`): a file, because ImageMagick
+# silently swaps an unknown font *name* for another font.
+DEFAULT_WATERMARK_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
+DEFAULT_WATERMARK_TEXT = "qcimage"
 
 
 class ConfigError(ValueError):
@@ -180,9 +184,8 @@ def _parse_api_keys(reader: _Reader) -> dict[str, str]:
 
 
 def _parse_watermark(reader: _Reader) -> tuple[WatermarkSettings, ...]:
-    default_font = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
-    font = reader.path("WATERMARK_FONT", default_font)
-    text = reader.str("WATERMARK_TEXT", "qcimage")
+    font = reader.path("WATERMARK_FONT", DEFAULT_WATERMARK_FONT)
+    text = reader.str("WATERMARK_TEXT", DEFAULT_WATERMARK_TEXT)
     if text is not None and text.lower() == "none":
         text = None
     logos = [Path(p).expanduser() for p in reader.csv("WATERMARK_LOGOS")]

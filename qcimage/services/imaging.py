@@ -38,7 +38,6 @@ from wand.resource import limits  # noqa: E402
 from wand.version import MAGICK_VERSION  # noqa: E402
 
 __all__ = [
-    "DEFAULT_FONT",
     "GRAVITIES",
     "MAX_SIDE",
     "OUTPUT_FORMATS",
@@ -52,7 +51,6 @@ __all__ = [
     "WatermarkError",
     "WatermarkLayer",
     "available_output_formats",
-    "default_watermark",
     "displayed_size",
     "imagemagick_version",
     "probe",
@@ -71,7 +69,6 @@ GRAVITIES: tuple[str, ...] = (
     "west", "center", "east",
     "south_west", "south", "south_east",
 )
-DEFAULT_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 # Same as the width/height limit in policy/policy.xml ("16KP" is SI: 16000).
 MAX_SIDE = 16_000
 
@@ -170,11 +167,6 @@ class Watermark:
                 if path is not None:
                     digest.update(hashlib.sha256(_read_asset(path)).digest())
         return digest.hexdigest()
-
-
-def default_watermark() -> Watermark:
-    """White bold text with a soft dark halo, bottom right: legible on light and dark."""
-    return Watermark(layers=(WatermarkLayer(text="QC PHOTO", font=DEFAULT_FONT),))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageDraw, PngImagePlugin
 
-from qcimage.services.imaging import ImagingEngine, Watermark, default_watermark
+from qcimage.config import DEFAULT_WATERMARK_FONT, DEFAULT_WATERMARK_TEXT
+from qcimage.services.imaging import ImagingEngine, Watermark, WatermarkLayer
+
+
+def default_watermark() -> Watermark:
+    """The watermark the app builds from its default settings."""
+    return Watermark(layers=(WatermarkLayer(text=DEFAULT_WATERMARK_TEXT,
+                                            font=DEFAULT_WATERMARK_FONT),))
 
 
 def photo(width: int, height: int, *, dark: bool = False, seed: int = 0) -> Image.Image:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps, JpegImagePlugin
 
+from qcimage.config import DEFAULT_WATERMARK_FONT as DEFAULT_FONT
 from qcimage.services import imaging
 from qcimage.services.imaging import (
-    DEFAULT_FONT,
     GRAVITIES,
     MAX_SIDE,
     OUTPUT_FORMATS,
@@ -25,12 +25,12 @@ from qcimage.services.imaging import (
     WatermarkError,
     WatermarkLayer,
     available_output_formats,
-    default_watermark,
     imagemagick_version,
     probe,
     resource_limits,
     sniff_format,
 )
+from tests.services.conftest import default_watermark
 
 MAGIC = {
     "webp": lambda data: data[:4] == b"RIFF" and data[8:12] == b"WEBP",

@@ -10,7 +10,8 @@ import responses
 from PIL import Image
 
 from qcimage.services.cache import DiskStore, LookupCache, RenderCache
-from qcimage.services.imaging import ImagingEngine, Watermark, WatermarkLayer, DEFAULT_FONT
+from qcimage.config import DEFAULT_WATERMARK_FONT as DEFAULT_FONT
+from qcimage.services.imaging import ImagingEngine, Watermark, WatermarkLayer
 from qcimage.services.pipeline import ImageRenderer, ProductLookup, RenderJob, SourcePolicy
 from qcimage.services.upstream import DoppelClient, UpstreamError
 
