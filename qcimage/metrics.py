@@ -40,7 +40,7 @@ CIRCUIT_OPEN = Gauge("qcimage_upstream_circuit_open",
 
 def render_latest() -> tuple[bytes, str]:
     """The exposition text: summed over all workers when running under gunicorn."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if os.path.isdir(os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -26,8 +26,10 @@ ENV_NAMES = (
 @pytest.fixture
 def load_conf(monkeypatch, request):
     """Execute gunicorn.conf.py under a given environment and return it as a module."""
-    # The file exports PROMETHEUS_MULTIPROC_DIR for its workers; keep it out of this process.
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # The file exports PROMETHEUS_MULTIPROC_DIR for its workers; keep it out of this
+    # process. setenv first so monkeypatch records the prior state and restores it.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     # The file patches gunicorn's globals; restore them after each test.
     for module in (gunicorn, gunicorn.http.wsgi):
         monkeypatch.setattr(module, "SERVER", module.SERVER)
