@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+FUZZ_EXAMPLES ?= 5000
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Debian packages: ImageMagick's library for Wand, the font the watermark uses, and the
 # real servers the end-to-end tests start (Redis, nginx) plus openssl for nginx's test cert.
@@ -10,7 +11,7 @@ APT_PACKAGES := libmagickwand-6.q16-6 imagemagick fonts-dejavu-core redis-server
                 openssl wrk procps
 
 .DEFAULT_GOAL := help
-.PHONY: help system-deps venv lint test test-fast demo clean
+.PHONY: help system-deps venv lint test test-fast fuzz demo clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +42,9 @@ test: system-deps venv lint ## Install what is missing, lint, run the whole suit
 
 test-fast: venv ## The suite without the end-to-end tests
 	$(VENV)/bin/pytest -m "not e2e"
+
+fuzz: system-deps venv ## Fuzz every API operation for longer (FUZZ_EXAMPLES, default 5000)
+	QCIMAGE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest --timeout=3600 tests/test_fuzz.py
 
 demo: system-deps venv ## Run the stand-in upstream + gunicorn on loopback, print a key and URLs
 	$(PY) -m tools.demo

@@ -1,0 +1,361 @@
+"""Blueprint for the OpenAPI 3 document (built from the schemas and url_map) and /docs."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import (Blueprint, Flask, abort, current_app, render_template, send_from_directory,
+                   url_for)
+from marshmallow import Schema, fields, validate
+from swagger_ui_bundle import swagger_ui_path
+
+from .extensions import limiter, talisman
+from .schemas import ErrorSchema, ImageQuerySchema, ProductQuerySchema, ProductResponseSchema
+
+bp = Blueprint("openapi", __name__)
+limiter.exempt(bp)
+
+# The app-wide policy is default-src 'none'. Swagger UI needs its own scripts and styles,
+# fetches the spec (and "try it out" calls) from this origin, and its stylesheet draws
+# icons from data: URIs. Nothing else: no inline script, no eval, no third party.
+DOCS_CSP = {
+    "default-src": "'none'",
+    "script-src": "'self'",
+    "style-src": "'self'",
+    "img-src": ["'self'", "data:"],
+    "connect-src": "'self'",
+    "base-uri": "'none'",
+    "form-action": "'none'",
+    "frame-ancestors": "'none'",
+}
+# The only Swagger UI files the page loads: the bundle's demo index.html and OAuth page
+# (inline scripts, a petstore URL) are not served.
+DOCS_ASSETS = frozenset({"swagger-ui.css", "index.css", "swagger-ui-bundle.js",
+                         "favicon-32x32.png", "favicon-16x16.png"})
+# Routes that are not API operations: Flask's static files and the docs page's assets.
+UNDOCUMENTED_ENDPOINTS = frozenset({"static", "openapi.asset", "openapi.docs_script"})
+_EXTENSION_KEY = "qcimage.openapi"
+
+_SIGNED_URL = """\
+The watermarked image behind a link returned by `GET /api/qc-images` (`images[].watermarked`
+and `srcset`). Use those URLs as they are; do not build them.
+
+**Signed URLs.** `sig` is an HMAC-SHA256 (base64url, no padding) over `url`, `width`,
+`quality`, `format` and `expires` exactly as written in the URL. A parameter left out is
+signed as absent, so changing, adding or dropping any of them (even `width=0960` for
+`width=960`) makes the signature wrong: **403**. `expires` is a Unix time in seconds; once
+it has passed the URL answers **410** and the client should look the product up again.
+URLs signed with an older key keep working for as long as that key stays configured.
+
+The watermark is always applied; there is no way to turn it off. If it cannot be applied the
+request fails (5xx): an unwatermarked image is never served."""
+
+_NOTES = {
+    ("/api/qc-images", "storePlatform"): "Case-insensitive.",
+    ("/api/qc-images", "format"): "Case-insensitive; `jpg` is an alias of `jpeg`. Written "
+                                  "into the returned image URLs.",
+    ("/api/image", "format"): "`auto` picks the first of the server's preferred formats that "
+                              "the `Accept` header lists explicitly (else JPEG), and the "
+                              "response then carries `Vary: Accept`.",
+    ("/api/image", "expires"): "Unix time (seconds) after which the URL answers 410. Part of "
+                               "the signature.",
+    ("/api/image", "sig"): "HMAC-SHA256 of the other parameters, base64url without padding; "
+                           "missing or wrong: 403.",
+}
+
+_ERRORS = {
+    400: "Invalid, unknown or repeated parameter.",
+    401: "API key missing.",
+    403: "API key wrong.",
+    404: "Not found.",
+    410: "The signed URL has expired: look the product up again.",
+    413: "The upstream image is larger than this server accepts.",
+    422: "The upstream image is not a supported image.",
+    429: "Rate limit hit; `Retry-After` says when to try again.",
+    500: "Internal error (quote the `requestId`).",
+    502: "Upstream answered with an error or garbage.",
+    503: "Upstream circuit open or a required backing service down; see `Retry-After`.",
+    504: "Upstream timed out.",
+}
+
+_RATE_HEADERS = {
+    "X-RateLimit-Limit": "Requests allowed in the current window.",
+    "X-RateLimit-Remaining": "Requests left in the current window.",
+    "X-RateLimit-Reset": "Unix time (seconds) when the window resets.",
+}
+
+
+class HealthSchema(Schema):
+    """What ``GET /health`` answers."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
+
+
+class ReadinessSchema(Schema):
+    """What ``GET /health/ready`` answers when the instance may take traffic."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ready", "degraded"]))
+    checks = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+
+
+def _rule_description(self, field, ret, **kwargs) -> dict:
+    # The schemas' human rule doubles as the parameter's description.
+    rule = field.metadata.get("rule")
+    return {"description": f"`{field.name}` {rule}."} if rule else {}
+
+
+def _ecma_pattern(self, field, ret, **kwargs) -> dict:
+    # Python's end anchor \Z is not ECMA-262 (the dialect OpenAPI patterns use); "$"
+    # without the multiline flag means the same there.
+    pattern = ret.get("pattern")
+    return {"pattern": pattern.replace(r"\Z", "$")} if pattern else {}
+
+
+def _optional_is_absent(self, field, ret, **kwargs) -> dict:
+    # load_default=None means "may be left out", not "may be sent as null": a query
+    # string has no null, so neither a null default nor nullable belongs in the spec.
+    if field.load_default is None:
+        ret.pop("default", None)
+        ret.pop("nullable", None)
+    return {}
+
+
+def _json(schema: str | type[Schema], description: str, **extra) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}},
+            **extra}
+
+
+def _errors(*statuses: int, say: dict[int, str] | None = None) -> dict:
+    """Error responses, all with the Error body; ``say`` overrides the generic wording."""
+    responses = {}
+    for status in statuses:
+        headers = {}
+        if status in (429, 503):
+            headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
+        if status == 401:
+            headers["WWW-Authenticate"] = _header('`Bearer realm="qcimage"`')
+        text = (say or {}).get(status, _ERRORS[status])
+        responses[str(status)] = _json("Error", text, **({"headers": headers} if headers else {}))
+    return responses
+
+
+def _header(description: str, *, required: bool = True, **schema) -> dict:
+    return {"description": description, "required": required,
+            "schema": {"type": "string", **schema}}
+
+
+def _rate_limited(headers: dict) -> dict:
+    return {**headers, **{name: {"$ref": f"#/components/headers/{name}"} for name in _RATE_HEADERS}}
+
+
+def _qc_images() -> dict:
+    return {
+        "summary": "A product's QC photos as signed, watermarked image links",
+        "description": "Server to server. Send the API key in `X-API-Key` (or "
+                       "`Authorization: Bearer`); keys in the query string are refused (400). "
+                       "Image ids keep upstream order, duplicates removed.",
+        "operationId": "listQcImages",
+        "tags": ["products"],
+        "security": [{"apiKey": []}, {"bearer": []}],
+        "parameters": [{"in": "query", "schema": ProductQuerySchema}],
+        "responses": {
+            "200": _json("ProductResponse", "The product's images, each with a signed URL.",
+                         headers=_rate_limited({
+                             "Cache-Control": _header("`private, no-store`"),
+                             "X-Stale": _header("`1` when upstream failed and a cached look-up "
+                                                "was served", required=False)})),
+            **_errors(400, 401, 403, 404, 429, 500, 502, 503, 504, say={
+                404: "The product has no QC photos, or upstream does not know it."}),
+        },
+    }
+
+
+def _image() -> dict:
+    image_headers = {
+        "ETag": _header("Strong validator: same parameters, same bytes."),
+        "Cache-Control": _header("`public, max-age=N, immutable`: N is at most 86400 and never "
+                                 "beyond `expires`."),
+        "Vary": _header("`Accept`, only when `format=auto`.", required=False),
+        "Cross-Origin-Resource-Policy": _header("`cross-origin`: embeddable from any site."),
+        "X-Content-Type-Options": _header("`nosniff`"),
+        "X-Cache": _header("`HIT` or `MISS` in the rendered-image cache.",
+                           enum=["HIT", "MISS"]),
+    }
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        "summary": "One watermarked image (public; signed URL)",
+        "description": _SIGNED_URL,
+        "operationId": "getImage",
+        "tags": ["images"],
+        "parameters": [
+            {"in": "query", "schema": ImageQuerySchema},
+            {"in": "header", "name": "If-None-Match", "required": False,
+             "description": "An `ETag` from an earlier answer: 304 when it still matches.",
+             "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "200": {"description": "The watermarked image; `Content-Type` matches its bytes.",
+                    "headers": _rate_limited(image_headers),
+                    "content": {mime: binary for mime in
+                                ("image/webp", "image/jpeg", "image/png", "image/avif")}},
+            "304": {"description": "`If-None-Match` matched: use the copy you have.",
+                    "headers": {name: image_headers[name] for name in
+                                ("ETag", "Cache-Control", "Vary")}},
+            **_errors(400, 403, 404, 410, 413, 422, 429, 500, 502, 503, 504, say={
+                403: "Signature missing or wrong.",
+                404: "Upstream does not know the image.",
+                500: "The image could not be produced or watermarked; it is not served."}),
+        },
+    }
+
+
+def _health() -> dict:
+    return {
+        "summary": "Liveness: cheap, no upstream call",
+        "operationId": "health",
+        "tags": ["operations"],
+        "responses": {"200": _json("Health", "The process serves requests.")},
+    }
+
+
+def _ready() -> dict:
+    return {
+        "summary": "Readiness: required backing services reachable",
+        "operationId": "ready",
+        "tags": ["operations"],
+        "responses": {
+            "200": _json("Readiness", "Ready to take traffic (`degraded`: an optional backing "
+                                      "service is down)."),
+            **_errors(503, say={503: "Not ready: `details` has the checks, `Retry-After` "
+                                     "when to look again."}),
+        },
+    }
+
+
+def _metrics() -> dict:
+    return {
+        "summary": "Prometheus metrics",
+        "operationId": "metrics",
+        "tags": ["operations"],
+        "description": "Only from the networks in `QCIMAGE_METRICS_ALLOW`.",
+        "responses": {
+            "200": {"description": "Prometheus text exposition format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}},
+            **_errors(403, say={403: "Not from an allowed network."}),
+        },
+    }
+
+
+def _openapi_json() -> dict:
+    return {
+        "summary": "This OpenAPI document",
+        "operationId": "openapi",
+        "tags": ["operations"],
+        "responses": {"200": {"description": "OpenAPI 3 document.",
+                              "content": {"application/json": {"schema": {"type": "object"}}}}},
+    }
+
+
+def _docs_page() -> dict:
+    return {
+        "summary": "This API's documentation, for people",
+        "operationId": "docs",
+        "tags": ["operations"],
+        "responses": {"200": {"description": "An HTML page.",
+                              "content": {"text/html": {"schema": {"type": "string"}}}}},
+    }
+
+
+# Keyed by the url_map rule: a route the app does not have (say /metrics before it is
+# wired) is left out, and one missing here fails tests/test_openapi.py.
+OPERATIONS = {
+    "/api/qc-images": _qc_images,
+    "/api/image": _image,
+    "/health": _health,
+    "/health/ready": _ready,
+    "/metrics": _metrics,
+    "/api/openapi.json": _openapi_json,
+    "/docs": _docs_page,
+}
+
+
+def build_spec(app: Flask) -> dict:
+    """The OpenAPI 3 document for the routes ``app`` has, as a plain dict."""
+    plugin = MarshmallowPlugin()
+    spec = APISpec(
+        title="qcimage", version=version("qcimage"), openapi_version="3.0.3",
+        plugins=[plugin],
+        info={"description": "Watermarked, web-ready images from marketplace QC photos. Every "
+                             "error (status ≥ 400) has the `Error` JSON shape."},
+    )
+    for func in (_rule_description, _ecma_pattern, _optional_is_absent):
+        plugin.converter.add_attribute_function(func)
+    spec.components.security_scheme("apiKey", {"type": "apiKey", "in": "header",
+                                               "name": "X-API-Key"})
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
+                                               "description": "The same API key, as a bearer "
+                                                              "token."})
+    for name, text in _RATE_HEADERS.items():
+        spec.components.header(name, {"description": text, "required": False,
+                                      "schema": {"type": "string", "pattern": "^[0-9]+$"}})
+    spec.components.header("Retry-After", {"description": "Seconds to wait before retrying.",
+                                           "required": True,
+                                           "schema": {"type": "string", "pattern": "^[0-9]+$"}})
+    for name, schema in (("Error", ErrorSchema), ("ProductResponse", ProductResponseSchema),
+                         ("Health", HealthSchema), ("Readiness", ReadinessSchema)):
+        spec.components.schema(name, schema=schema)
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        operation = OPERATIONS.get(rule.rule)
+        if rule.endpoint in UNDOCUMENTED_ENDPOINTS or operation is None:
+            continue
+        methods = sorted(m.lower() for m in rule.methods - {"HEAD", "OPTIONS"})
+        spec.path(path=rule.rule, operations={method: operation() for method in methods})
+    document = spec.to_dict()
+    _add_notes(document)
+    return document
+
+
+def _add_notes(document: dict) -> None:
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", ()):
+                note = _NOTES.get((path, parameter["name"]))
+                if note:
+                    parameter["description"] = f"{parameter.get('description', '')} {note}".strip()
+
+
+def spec_for(app: Flask) -> dict:
+    """The app's document, built on first use: by then every blueprint is registered."""
+    document = app.extensions.get(_EXTENSION_KEY)
+    if document is None:
+        document = app.extensions[_EXTENSION_KEY] = build_spec(app)
+    return document
+
+
+@bp.get("/api/openapi.json")
+def spec():
+    return spec_for(current_app), 200, {"Cache-Control": "public, max-age=300"}
+
+
+@bp.get("/docs")
+@talisman(content_security_policy=DOCS_CSP)
+def docs():
+    return render_template("docs.html")
+
+
+@bp.get("/docs/qcimage-docs.js")
+@talisman(content_security_policy=DOCS_CSP)
+def docs_script():
+    body = render_template("docs.js", spec_url=url_for("openapi.spec"))
+    return body, 200, {"Content-Type": "text/javascript; charset=utf-8",
+                       "Cache-Control": "public, max-age=300"}
+
+
+@bp.get("/docs/assets/<path:filename>")
+@talisman(content_security_policy=DOCS_CSP)
+def asset(filename: str):
+    if filename not in DOCS_ASSETS:
+        abort(404)
+    return send_from_directory(str(swagger_ui_path), filename, max_age=86400)
