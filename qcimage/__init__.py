@@ -139,6 +139,16 @@ def register_extensions(app: Flask, settings: Settings) -> None:
                   allow_headers=["X-API-Key", "Authorization", "If-None-Match", "X-Request-ID"],
                   expose_headers=["X-Request-ID", "ETag", "Retry-After", "X-Cache"],
                   max_age=600)
+
+    # Registered before the limiter so it runs after the limiter adds its headers
+    # (Flask runs after_request functions in reverse): Retry-After on a success
+    # would tell well-behaved clients to back off for no reason.
+    @app.after_request
+    def retry_after_only_on_refusals(response):
+        if response.status_code < 400:
+            response.headers.pop("Retry-After", None)
+        return response
+
     limiter.init_app(app)
 
 

@@ -43,6 +43,8 @@ def key_name(key: str, keys: dict[str, str]) -> str | None:
 
 def require_api_key() -> None:
     """before_request hook: set ``g.api_key_name`` or refuse with 400/401/403."""
+    if request.method == "OPTIONS":
+        return  # CORS preflights carry no credentials by design; they reach no view.
     if any(name.lower() in _QUERY_KEY_NAMES for name in request.args):
         raise APIError(400, "api_key_in_query",
                        "API keys are not accepted in the query string (they end up in logs); "

@@ -210,6 +210,18 @@ def test_lookups_are_rate_limited_per_key(env, upstream):
                       headers={"X-API-Key": OTHER_KEY}).status_code == 200
 
 
+def test_successful_lookups_carry_no_retry_after(api_get, upstream):
+    add_product(upstream)
+    response = api_get(id="7494645791")
+    assert response.status_code == 200
+    assert "Retry-After" not in response.headers
+    assert "X-RateLimit-Remaining" in response.headers
+
+
+def test_plain_options_is_not_an_auth_failure(client):
+    assert client.options("/api/qc-images").status_code == 200
+
+
 def test_second_key_line_is_supported(env, upstream):
     env["QCIMAGE_API_KEYS"] = key_line("solo", "solo-key-000000000000")
     client = create_app(env).test_client()
