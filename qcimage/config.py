@@ -303,7 +303,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         worker_timeout=reader.int("WORKER_TIMEOUT", 30, 1, 3600),
         redis_required=reader.bool("REDIS_REQUIRED", False),
         max_source_bytes=reader.int("MAX_SOURCE_BYTES", 60 * 1024 * 1024, 1024, 1024 ** 3),
-        max_source_pixels=reader.int("MAX_SOURCE_PIXELS", 24_000_000, 10_000, 64_000_000),
+        # 40 MP at most: ImageMagick's PNG reader needs 18 bytes a pixel for grey images,
+        # and the policy's 768 MiB memory limit must hold the largest allowed source.
+        max_source_pixels=reader.int("MAX_SOURCE_PIXELS", 24_000_000, 10_000, 40_000_000),
         source_width=reader.int("SOURCE_WIDTH", 0, 0, 10000),
         source_format=reader.choice("SOURCE_FORMAT", "jpeg", ("jpeg", "png", "webp")),
         source_quality=reader.int("SOURCE_QUALITY", 95, 1, 100),
