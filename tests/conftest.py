@@ -60,6 +60,24 @@ def upstream():
         yield mock
 
 
+@pytest.fixture(scope="session")
+def canary():
+    """A listening socket every hostile payload points at: any dial-out shows up."""
+    from tests.security.conftest import Canary
+
+    listener = Canary()
+    yield listener
+    listener.close()
+
+
+@pytest.fixture(scope="session")
+def traps(tmp_path_factory, canary):
+    """Marker and victim files the hostile corpus tries to write or delete."""
+    from tests.security.conftest import Traps
+
+    return Traps.laid_in(tmp_path_factory.mktemp("traps"), canary)
+
+
 @pytest.fixture
 def api_get(client):
     def get(path="/api/qc-images", key=API_KEY, headers=None, **params):

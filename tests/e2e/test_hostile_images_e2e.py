@@ -20,9 +20,7 @@ import requests
 from tests.security.conftest import (
     GIF_FIRST_FRAME,
     UPSTREAM_SECRET,
-    Canary,
     Case,
-    Traps,
     check_error,
     check_watermarked_still,
     hostile_corpus,
@@ -45,18 +43,6 @@ BOMB_GROWTH_LIMIT = 32 * MB
 PEAK_LIMIT = 300 * MB
 _fresh_ids = (f"hostile-{n}" for n in itertools.count())
 _fresh_widths = itertools.count(300)
-
-
-@pytest.fixture(scope="module")
-def canary():
-    listener = Canary()
-    yield listener
-    listener.close()
-
-
-@pytest.fixture(scope="module")
-def traps(tmp_path_factory, canary) -> Traps:
-    return Traps.laid_in(tmp_path_factory.mktemp("traps"), canary)
 
 
 @pytest.fixture(autouse=True)

@@ -325,17 +325,5 @@ def check_watermarked_still(body: bytes, fmt: str, *, flat: tuple[int, int, int]
 # --- fixtures --------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def canary():
-    listener = Canary()
-    yield listener
-    listener.close()
-
-
-@pytest.fixture(scope="session")
-def traps(tmp_path_factory, canary) -> Traps:
-    return Traps.laid_in(tmp_path_factory.mktemp("traps"), canary)
-
-
-@pytest.fixture(scope="session")
 def corpus(traps) -> dict[str, Case]:
     return hostile_corpus(traps)
