@@ -38,6 +38,9 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=64 * 1024,
         RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
         RATELIMIT_HEADERS_ENABLED=True,
+        # Flask-Limiter would put its window's end in Retry-After on every response,
+        # overriding the circuit breaker's; ours is set on 429s by the error handler.
+        RATELIMIT_HEADER_RETRY_AFTER="X-RateLimit-Retry-After",
         RATELIMIT_STRATEGY="moving-window",
         # Storage down: keep limiting per process instead of failing requests.
         RATELIMIT_SWALLOW_ERRORS=True,
@@ -139,16 +142,6 @@ def register_extensions(app: Flask, settings: Settings) -> None:
                   allow_headers=["X-API-Key", "Authorization", "If-None-Match", "X-Request-ID"],
                   expose_headers=["X-Request-ID", "ETag", "Retry-After", "X-Cache"],
                   max_age=600)
-
-    # Registered before the limiter so it runs after the limiter adds its headers
-    # (Flask runs after_request functions in reverse): Retry-After on a success
-    # would tell well-behaved clients to back off for no reason.
-    @app.after_request
-    def retry_after_only_on_refusals(response):
-        if response.status_code < 400:
-            response.headers.pop("Retry-After", None)
-        return response
-
     limiter.init_app(app)
 
 

@@ -39,10 +39,13 @@ def configure_logging(app: Flask, log_format: str) -> None:
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"))
     handler.addFilter(_RequestContextFilter())
-    root = logging.getLogger("qcimage")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
+    # Libraries whose warnings operators need (storage fallbacks, circuit changes) log
+    # through the same handler, so every line has one format.
+    for name in ("qcimage", "flask-limiter", "pybreaker"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.INFO if name == "qcimage" else logging.WARNING)
+        logger.propagate = False
 
     @app.before_request
     def assign_request_id():

@@ -173,11 +173,18 @@ def test_upstream_timeout_is_504(api_get, upstream):
     assert response.get_json()["error"] == "upstream_timeout"
 
 
-@pytest.mark.parametrize("body", ["not json", "[1, 2]", '{"nodata": 1}', "[" * 100000])
+@pytest.mark.parametrize("body", ["not json", "[1, 2]", '{"nodata": 1}', "[" * 100000,
+                                  '{"data": null}', '{"data": "x"}', '{"data": [1, 2]}'])
 def test_upstream_garbage_is_502(api_get, upstream, body):
     upstream.get(PRODUCT_URL, body=body, content_type="application/json")
     response = api_get(id="7494645791")
     assert response.status_code == 502
+
+
+def test_data_as_a_list_of_groups_is_read(api_get, upstream):
+    upstream.get(PRODUCT_URL, json={"data": [{"image": "n4EYdIoE"}, [{"image": "cR-eVGrQ"}]]})
+    body = api_get(id="7494645791").get_json()
+    assert [i["original"] for i in body["images"]] == ["n4EYdIoE", "cR-eVGrQ"]
 
 
 def test_upstream_redirect_is_not_followed(api_get, upstream):

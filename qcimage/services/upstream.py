@@ -6,11 +6,13 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 from dataclasses import dataclass
 
 import pybreaker
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -53,11 +55,18 @@ class UpstreamUnavailable(ServiceError):
     code = "upstream_unavailable"
 
 
-class _CappedRetry(Retry):
-    """urllib3's Retry, but a ``Retry-After`` longer than the cap is not waited out.
+# The deadline of the upstream request running on this thread (gthread workers run
+# several at once), read by the retry policy below.
+_deadline = threading.local()
 
-    Upstream may ask for minutes; our callers have seconds. Waiting up to the cap
-    and then failing (502) keeps every request inside its deadline.
+
+class _DeadlineRetry(Retry):
+    """urllib3's Retry that never sleeps past the request's deadline.
+
+    Upstream may ask for minutes with ``Retry-After``; it is honoured up to
+    ``retry_after_cap``, and a wait (Retry-After or backoff) that would end after
+    the deadline is not started: the request fails now (502) instead of being
+    killed with its worker later.
     """
 
     retry_after_cap = 2.0
@@ -65,6 +74,18 @@ class _CappedRetry(Retry):
     def get_retry_after(self, response):
         retry_after = super().get_retry_after(response)
         return None if retry_after is None else min(retry_after, self.retry_after_cap)
+
+    def sleep(self, response=None) -> None:
+        wait = None
+        if self.respect_retry_after_header and response is not None:
+            wait = self.get_retry_after(response)
+        if wait is None:
+            wait = self.get_backoff_time()
+        ends = getattr(_deadline, "at", None)
+        if ends is not None and time.monotonic() + wait >= ends:
+            raise urllib3.exceptions.MaxRetryError(
+                None, "", urllib3.exceptions.ResponseError("retry would outlive the deadline"))
+        super().sleep(response)
 
 
 def _is_healthy_answer(error: BaseException) -> bool:
@@ -137,8 +158,10 @@ class DoppelClient:
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "qcimage/0.1"
         self.breaker = breaker or make_breaker()
-        retry = _CappedRetry(
-            total=retries, connect=retries, read=0, redirect=0, other=0,
+        # read=False: a read timeout is not retried and surfaces as itself (504), where
+        # read=0 would wrap it into a generic connection error (502).
+        retry = _DeadlineRetry(
+            total=retries, connect=retries, read=False, redirect=0, other=0,
             status=retries, status_forcelist=(502, 503, 504), allowed_methods=frozenset({"GET"}),
             backoff_factor=0.2, backoff_max=2.0, backoff_jitter=0.1,
             respect_retry_after_header=True, raise_on_status=False, raise_on_redirect=False,
@@ -188,6 +211,7 @@ class DoppelClient:
     def _fetch(self, path: str, params: dict[str, str], *, limit: int, deadline: float,
                what: str) -> tuple[requests.Response, bytes, float]:
         started = time.monotonic()
+        _deadline.at = started + deadline
         try:
             with self.session.get(self.base_url + path, params=params, timeout=self.timeout,
                                   stream=True, allow_redirects=False) as response:
@@ -201,18 +225,22 @@ class DoppelClient:
                 if declared.isdigit() and int(declared) > limit:
                     raise SourceTooLarge(f"upstream {what} is larger than {limit} bytes")
                 body = bytearray()
-                for chunk in response.iter_content(_CHUNK):
+                # read1 returns what one socket read brings, so the deadline is checked
+                # between reads even when upstream drips a body slower than a chunk.
+                while chunk := response.raw.read1(_CHUNK, decode_content=True):
                     body += chunk
                     if len(body) > limit:
                         raise SourceTooLarge(f"upstream {what} is larger than {limit} bytes")
                     if time.monotonic() - started > deadline:
                         raise UpstreamTimeout(f"upstream {what} took longer than {deadline:g}s")
                 return response, bytes(body), time.monotonic() - started
-        except (requests.Timeout, requests.exceptions.ConnectTimeout):
+        except (requests.Timeout, urllib3.exceptions.TimeoutError):
             raise UpstreamTimeout(f"upstream {what} request timed out") from None
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             log.warning("upstream %s request failed: %s", what, type(exc).__name__)
             raise UpstreamError(f"could not reach upstream for the {what}") from None
+        finally:
+            _deadline.at = None
 
     def product_images(self, product_id: str, platform: str) -> list[str]:
         """Image ids of a product's QC photos, in upstream order, without repeats."""
@@ -223,9 +251,13 @@ class DoppelClient:
             document = json.loads(body)
         except (ValueError, RecursionError):
             raise UpstreamError("upstream returned a product response that is not JSON") from None
-        if not isinstance(document, dict) or "data" not in document:
+        # data holds objects (an object, or a list of them): null, a string, or a list of
+        # numbers is a broken answer (502, never cached as "no images"), not an empty product.
+        data = document.get("data") if isinstance(document, dict) else None
+        if not (isinstance(data, dict) or (
+                isinstance(data, list) and all(isinstance(x, (dict, list)) for x in data))):
             raise UpstreamError("upstream returned a product response of an unexpected shape")
-        return collect_image_ids(document["data"])
+        return collect_image_ids(data)
 
     def fetch_image(self, image_id: str, *, width: int, fmt: str, quality: int) -> Source:
         if not IMAGE_ID.match(image_id):

@@ -37,6 +37,15 @@ def upstream(tmp_path_factory):
 
 
 @pytest.fixture
+def clean_upstream(upstream):
+    """No faults and fresh request counts before the test; no faults left after it."""
+    upstream.clear_faults()
+    upstream.reset_stats()
+    yield
+    upstream.clear_faults()
+
+
+@pytest.fixture
 def make_key():
     """Return ``make_key(name)`` → (plain key, ``name:sha256hex`` line for QCIMAGE_API_KEYS)."""
     def make(name="e2e"):

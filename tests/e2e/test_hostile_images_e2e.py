@@ -29,7 +29,7 @@ from tests.security.conftest import (
 )
 from tests.test_images import MAGIC, base, signed
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("clean_upstream")]
 
 MAX_BYTES = 1024 * 1024
 GOOD_ID = "n4EYdIoE"
@@ -43,14 +43,6 @@ BOMB_GROWTH_LIMIT = 32 * MB
 PEAK_LIMIT = 300 * MB
 _fresh_ids = (f"hostile-{n}" for n in itertools.count())
 _fresh_widths = itertools.count(300)
-
-
-@pytest.fixture(autouse=True)
-def clean_upstream(upstream):
-    upstream.clear_faults()
-    upstream.reset_stats()
-    yield
-    upstream.clear_faults()
 
 
 @pytest.fixture
