@@ -11,7 +11,7 @@ APT_PACKAGES := libmagickwand-6.q16-6 imagemagick fonts-dejavu-core redis-server
                 openssl wrk procps
 
 .DEFAULT_GOAL := help
-.PHONY: help system-deps venv lint test test-fast fuzz demo clean
+.PHONY: help system-deps venv lint test test-fast fuzz demo bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,15 @@ fuzz: system-deps venv ## Fuzz every API operation for longer (FUZZ_EXAMPLES, de
 
 demo: system-deps venv ## Run the stand-in upstream + gunicorn on loopback, print a key and URLs
 	$(PY) -m tools.demo
+
+# Benchmarks: libvips for the pyvips comparison (wrk is in APT_PACKAGES already).
+bench: APT_PACKAGES += libvips42
+bench: system-deps $(VENV)/.bench-installed ## Benchmarks on loopback -> BENCHMARKS.md + .png (~3-5 min)
+	$(PY) -m bench
+
+$(VENV)/.bench-installed: $(VENV)/.installed setup.cfg
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
 
 clean: ## Remove the virtualenv, caches and generated samples
 	rm -rf $(VENV) *.egg-info .pytest_cache instance tools/.samples

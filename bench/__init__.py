@@ -1,0 +1,1 @@
+"""Benchmarks behind ``make bench``: real servers on loopback, in-process comparisons, a report."""
