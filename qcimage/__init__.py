@@ -92,7 +92,8 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
                        tile=layer.tile)
         for layer in settings.watermark))
     engine = ImagingEngine(watermark, max_source_pixels=settings.max_source_pixels,
-                           resize_filter=settings.resize_filter)
+                           resize_filter=settings.resize_filter,
+                           webp_method=settings.webp_method)
     # A missing font or logo stops the worker from booting instead of failing each image.
     engine.check_watermark()
     store = DiskStore(settings.cache_dir or instance_path / "cache", settings.cache_max_bytes)

@@ -77,6 +77,7 @@ class Settings:
     lookup_cache_ttl: int
     render_wait_timeout: float
     resize_filter: str
+    webp_method: int
     auto_formats: tuple[str, ...]
     watermark: tuple[WatermarkSettings, ...]
     log_format: str
@@ -314,6 +315,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         render_wait_timeout=reader.float("RENDER_WAIT_TIMEOUT", 10.0, 0.1, 120),
         resize_filter=reader.choice("RESIZE_FILTER", "triangle",
                                     ("triangle", "lanczos", "mitchell", "catrom", "box")),
+        webp_method=reader.int("WEBP_METHOD", 2, 0, 6),
         auto_formats=tuple(f.lower() for f in reader.csv("AUTO_FORMATS")) or ("webp", "jpeg"),
         watermark=_parse_watermark(reader),
         log_format=reader.choice("LOG_FORMAT", "json" if env == "production" else "text",

@@ -1,5 +1,6 @@
 """Image engine: sniff and probe sources, then resize, watermark, strip and encode them."""
 
+import ctypes
 import hashlib
 import json
 import math
@@ -32,6 +33,7 @@ from wand.exceptions import (  # noqa: E402
     ResourceLimitError,
     ResourceLimitFatalError,
     WandException,
+    WandRuntimeError,
 )
 from wand.image import FILTER_TYPES, Image  # noqa: E402
 from wand.resource import limits  # noqa: E402
@@ -285,7 +287,7 @@ def _jpeg_orientation(data: bytes) -> int:
 
 
 def _exif_orientation(tiff: bytes) -> int:
-    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    order = {b"II": "<", b"MM": ">"}.get(bytes(tiff[:2]))
     if order is None:
         return 1
     (ifd,) = struct.unpack_from(order + "I", tiff, 4)
@@ -355,7 +357,7 @@ _CODERS = {"webp": "WEBP", "jpeg": "JPEG", "png": "PNG", "avif": "AVIF"}
 # adaptive filtering is most of the size of level 9 for a fraction of the time.
 # WebP at quality 100 would switch to lossless (huge, slow on photos) unless told not to.
 _ENCODER_OPTIONS = {
-    "webp": {"webp:method": "4", "webp:lossless": "false"},
+    "webp": {"webp:lossless": "false"},
     "jpeg": {"jpeg:sampling-factor": "2x2,1x1,1x1"},
     "png": {"png:compression-level": "3", "png:compression-filter": "5"},
     "avif": {},
@@ -394,13 +396,25 @@ def _checked_font(path: Path) -> str:
     return str(path)
 
 
-def _read_first_frame(img: Image, data: bytes, fmt: str) -> None:
+def _read_first_frame(img: Image, data: bytes | bytearray, fmt: str) -> None:
     """Decode data into the empty img with the decoder forced to fmt, first frame only."""
     # Forcing the coder means content never picks its decoder (no SVG/MVG/MSL disguised as
     # a photo), and "[0]" stops GIF/WebP decoders after the first frame.
     library.MagickSetFormat(img.wand, _CODERS.get(fmt, fmt.upper()).encode())
     library.MagickSetFilename(img.wand, f"source.{fmt}[0]".encode())
-    img.read(blob=data)
+    if isinstance(data, bytearray):
+        # Read the caller's buffer in place: Wand would copy it to bytes first, and a
+        # 40 MB source copied at the decode's peak is 40 MB more per worker.
+        view = (ctypes.c_char * len(data)).from_buffer(data)
+        try:
+            read = library.MagickReadImageBlob(img.wand, ctypes.addressof(view), len(data))
+        finally:
+            del view
+        if not read:
+            img.raise_exception()
+            raise WandRuntimeError("the source could not be read")
+    else:
+        img.read(blob=data)
     # As Wand's own constructor does: a format left on the wand would make every later
     # encode silently produce it again, whatever img.format says.
     library.MagickSetFormat(img.wand, b"")
@@ -439,9 +453,14 @@ class ImagingEngine:
     """Renders watermarked images; one per worker process, safe to share between threads."""
 
     def __init__(self, watermark: Watermark, *, max_source_pixels: int = 50_000_000,
-                 resize_filter: str = "triangle") -> None:
+                 resize_filter: str = "triangle", webp_method: int = 2) -> None:
         if resize_filter not in FILTER_TYPES:
             raise ValueError(f"unknown resize filter {resize_filter!r}")
+        if not 0 <= webp_method <= 6:
+            raise ValueError("webp_method must be 0-6")
+        # libwebp's effort: 2 encodes a 960 px photo ~2x faster than 4 for ~3% more
+        # bytes at the same quality (BENCHMARKS.md); 6 is smallest and slowest.
+        self.webp_method = webp_method
         self.watermark = watermark
         self.max_source_pixels = max_source_pixels
         self.resize_filter = resize_filter
@@ -455,8 +474,12 @@ class ImagingEngine:
         with Image(width=480, height=320, background=Color("gray50")) as canvas:
             self._apply_watermark(canvas, cached=False)
 
-    def render(self, source: bytes, spec: RenderSpec) -> Rendered:
-        """Decode source, fit it to spec.width, watermark, strip and encode it."""
+    def render(self, source: bytes | bytearray, spec: RenderSpec) -> Rendered:
+        """Decode source, fit it to spec.width, watermark, strip and encode it.
+
+        A bytearray source is consumed: it is emptied once decoded, so the encoded
+        bytes are not kept alive next to the decoded pixels during the resize.
+        """
         fmt, width, height = probe(source)
         if max(width, height) > MAX_SIDE or width * height > self.max_source_pixels:
             raise ImageTooLarge(
@@ -469,6 +492,8 @@ class ImagingEngine:
                 hinted = fmt == "jpeg" and _hint_jpeg_size(
                     img, source, width, height, spec.width)
                 _read_first_frame(img, source, fmt)
+                if isinstance(source, bytearray):
+                    source.clear()
                 had_alpha = img.alpha_channel
                 self._fit(img, spec.width, (width, height) if hinted else None)
             except _RESOURCE_ERRORS as exc:
@@ -535,8 +560,11 @@ class ImagingEngine:
                 self._overlays.popitem(last=False)
         return overlay
 
-    @staticmethod
-    def _encode(img: Image, spec: RenderSpec, had_alpha: bool) -> Rendered:
+    def settings_key(self) -> str:
+        """The engine settings that change output bytes, for cache keys."""
+        return f"{self.resize_filter}|webp-m{self.webp_method}"
+
+    def _encode(self, img: Image, spec: RenderSpec, had_alpha: bool) -> Rendered:
         try:
             if spec.format == "jpeg" and had_alpha:
                 img.background_color = Color("white")
@@ -556,6 +584,8 @@ class ImagingEngine:
                 img.compression_quality = quality
             for key, value in _ENCODER_OPTIONS[spec.format].items():
                 img.options[key] = value
+            if spec.format == "webp":
+                img.options["webp:method"] = str(self.webp_method)
             data = img.make_blob()
         except WandException as exc:
             raise ImagingError(f"the image could not be encoded as {spec.format}") from exc

@@ -91,7 +91,7 @@ class ImageRenderer:
         # Everything outside the request that changes the bytes: a new watermark, a new
         # ImageMagick or a new pipeline never serves an old render.
         self._key_prefix = "|".join((PIPELINE_VERSION, imagemagick_version(),
-                                     watermark_fingerprint))
+                                     engine.settings_key(), watermark_fingerprint))
 
     def cache_key(self, job: RenderJob) -> str:
         src_width, src_format, src_quality = self.source.params(job)

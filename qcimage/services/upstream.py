@@ -133,7 +133,7 @@ class _SharedBreakerStorage(pybreaker.CircuitRedisStorage):
 class Source:
     """An upstream image body, fully read and within the byte limit."""
 
-    data: bytes
+    data: bytearray  # handed to the engine, which empties it once decoded
     content_type: str
     seconds: float
 
@@ -192,7 +192,7 @@ class DoppelClient:
         return max(1, math.ceil(min(remaining, self.breaker.reset_timeout)))
 
     def _get(self, path: str, params: dict[str, str], *, limit: int, deadline: float,
-             what: str) -> tuple[requests.Response, bytes, float]:
+             what: str) -> tuple[requests.Response, bytearray, float]:
         started = time.monotonic()
         try:
             return self.breaker.call(self._fetch, path, params, limit=limit, deadline=deadline,
@@ -209,7 +209,7 @@ class DoppelClient:
             metrics.UPSTREAM_SECONDS.labels(what).observe(time.monotonic() - started)
 
     def _fetch(self, path: str, params: dict[str, str], *, limit: int, deadline: float,
-               what: str) -> tuple[requests.Response, bytes, float]:
+               what: str) -> tuple[requests.Response, bytearray, float]:
         started = time.monotonic()
         _deadline.at = started + deadline
         try:
@@ -233,7 +233,7 @@ class DoppelClient:
                         raise SourceTooLarge(f"upstream {what} is larger than {limit} bytes")
                     if time.monotonic() - started > deadline:
                         raise UpstreamTimeout(f"upstream {what} took longer than {deadline:g}s")
-                return response, bytes(body), time.monotonic() - started
+                return response, body, time.monotonic() - started
         except (requests.Timeout, urllib3.exceptions.TimeoutError):
             raise UpstreamTimeout(f"upstream {what} request timed out") from None
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:

@@ -606,3 +606,27 @@ def test_invalid_render_specs_are_refused(width, quality, fmt):
 def test_unknown_resize_filter_is_refused():
     with pytest.raises(ValueError):
         ImagingEngine(default_watermark(), resize_filter="bogus")
+
+
+def test_webp_method_trades_time_for_bytes(light_photo):
+    small = ImagingEngine(default_watermark(), webp_method=6)
+    fast = ImagingEngine(default_watermark(), webp_method=0)
+    spec = RenderSpec(960, 80, "webp")
+    assert len(small.render(light_photo, spec).data) < len(fast.render(light_photo, spec).data)
+    with pytest.raises(ValueError):
+        ImagingEngine(default_watermark(), webp_method=7)
+
+
+def test_bytearray_source_is_decoded_in_place_and_consumed(light_photo):
+    engine = ImagingEngine(default_watermark())
+    spec = RenderSpec(480, 80, "png")
+    owned = bytearray(light_photo)
+    rendered = engine.render(owned, spec)
+    assert owned == bytearray()
+    assert rendered.data == engine.render(light_photo, spec).data
+
+
+def test_bytearray_garbage_is_still_unsupported(opaque_png):
+    with pytest.raises(UnsupportedImage):
+        ImagingEngine(default_watermark()).render(
+            bytearray(opaque_png[:100] + b"\x00" * 5000), RenderSpec(480, 80, "png"))

@@ -90,8 +90,11 @@ def test_cache_key_covers_every_input(engine, store):
             base.cache_key(RenderJob("abc", 960, 81, "webp")),
             base.cache_key(RenderJob("abc", 960, 80, "png")),
             renderer(engine, store, fingerprint="wm2").cache_key(job),
-            renderer(engine, store, SourcePolicy(width=5000)).cache_key(job)}
-    assert len(keys) == 7
+            renderer(engine, store, SourcePolicy(width=5000)).cache_key(job),
+            renderer(ImagingEngine(engine.watermark, resize_filter="lanczos"), store
+                     ).cache_key(job),
+            renderer(ImagingEngine(engine.watermark, webp_method=4), store).cache_key(job)}
+    assert len(keys) == 9
     assert base.etag(job) == renderer(engine, store).etag(job)
 
 
