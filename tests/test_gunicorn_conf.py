@@ -66,7 +66,7 @@ def test_defaults_suit_a_box_behind_nginx(load_conf, monkeypatch):
     assert conf.graceful_timeout == 30
     assert conf.keepalive == 5
     assert conf.max_requests == 1000
-    assert conf.max_requests_jitter == 100
+    assert conf.max_requests_jitter == 500
     assert conf.accesslog == "-"
     assert conf.loglevel == "info"
     assert conf.forwarded_allow_ips == "127.0.0.1,::1"

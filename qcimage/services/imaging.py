@@ -207,6 +207,9 @@ _JPEG_NO_LENGTH = frozenset(range(0xD0, 0xD8)) | {0x01, 0xD8}
 # EXIF orientations that swap width and height.
 _TRANSPOSED_EXIF = frozenset({5, 6, 7, 8})
 _TRANSPOSED_IM = frozenset({"left_top", "right_top", "right_bottom", "left_bottom"})
+# EXIF orientation 1-8 as ImageMagick names it.
+_IM_ORIENTATIONS = (None, "top_left", "top_right", "bottom_right", "bottom_left",
+                    "left_top", "right_top", "right_bottom", "left_bottom")
 
 
 def sniff_format(data: bytes) -> str:
@@ -237,9 +240,44 @@ def probe(data: bytes) -> tuple[str, int, int]:
 def displayed_size(data: bytes) -> tuple[int, int]:
     """(width, height) as shown, after EXIF orientation, from the header alone."""
     fmt, width, height = probe(data)
-    if fmt == "jpeg" and _jpeg_orientation(data) in _TRANSPOSED_EXIF:
+    if source_orientation(data, fmt) in _TRANSPOSED_EXIF:
         return height, width
     return width, height
+
+
+def source_orientation(data: bytes, fmt: str) -> int:
+    """EXIF orientation (1-8) from a JPEG APP1, PNG eXIf or WebP EXIF chunk; 1 if none."""
+    if fmt == "jpeg":
+        return _jpeg_orientation(data)
+    try:
+        tiff = _png_exif(data) if fmt == "png" else _webp_exif(data) if fmt == "webp" else None
+        if tiff is not None:
+            return _exif_orientation(tiff.removeprefix(b"Exif\x00\x00"))
+    except (IndexError, struct.error):
+        pass
+    return 1
+
+
+def _png_exif(data: bytes) -> bytes | None:
+    position = 8
+    while position + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        if kind == b"eXIf":
+            return bytes(data[position + 8:position + 8 + length])
+        if kind in (b"IDAT", b"IEND"):
+            return None  # eXIf must come before the pixels to count
+        position += 12 + length
+    return None
+
+
+def _webp_exif(data: bytes) -> bytes | None:
+    position = 12
+    while position + 8 <= len(data):
+        kind, length = struct.unpack_from("<4sI", data, position)
+        if kind == b"EXIF":
+            return bytes(data[position + 8:position + 8 + length])
+        position += 8 + length + (length & 1)
+    return None
 
 
 def _garbled(fmt: str) -> UnsupportedImage:
@@ -491,9 +529,14 @@ class ImagingEngine:
             try:
                 hinted = fmt == "jpeg" and _hint_jpeg_size(
                     img, source, width, height, spec.width)
+                orientation = source_orientation(source, fmt)
                 _read_first_frame(img, source, fmt)
                 if isinstance(source, bytearray):
                     source.clear()
+                if img.orientation == "undefined" and orientation != 1:
+                    # ImageMagick 6 reads orientation from JPEG EXIF only; a PNG's eXIf or
+                    # a WebP's EXIF chunk would leave the photo sideways.
+                    img.orientation = _IM_ORIENTATIONS[orientation]
                 had_alpha = img.alpha_channel
                 self._fit(img, spec.width, (width, height) if hinted else None)
             except _RESOURCE_ERRORS as exc:

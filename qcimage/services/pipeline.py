@@ -105,15 +105,22 @@ class ImageRenderer:
 
     def _fetch_source(self, job: RenderJob) -> Source:
         width, fmt, quality = self.source.params(job)
-        source = self.client.fetch_image(job.image_id, width=width, fmt=fmt, quality=quality)
         if self.source.width:
-            return source
+            return self.client.fetch_image(job.image_id, width=width, fmt=fmt, quality=quality)
         # Upstream sizes the *stored* pixels: an EXIF-rotated portrait asked for at 960
-        # comes back 960 tall and only 720 wide once upright. Ask once more, wide enough.
+        # comes back 960 tall and only 720 wide once upright. Ask once more, wide enough,
+        # and remember the image's stored/shown ratio so other widths ask right at once.
+        hint_key = "o:" + job.image_id
+        hint = self.cache.store.get(hint_key)
+        ratio = float(hint) if hint else 1.0
+        asked = min(MAX_SOURCE_WIDTH, math.ceil(width * ratio))
+        source = self.client.fetch_image(job.image_id, width=asked, fmt=fmt, quality=quality)
         _, stored_width, _ = probe(source.data)
         shown_width, _ = displayed_size(source.data)
-        if shown_width < job.width and stored_width >= width:
-            wider = min(MAX_SOURCE_WIDTH, math.ceil(job.width * stored_width / shown_width))
+        if shown_width < job.width and stored_width >= asked:
+            ratio = stored_width / shown_width
+            self.cache.store.set(hint_key, repr(ratio).encode())
+            wider = min(MAX_SOURCE_WIDTH, math.ceil(job.width * ratio))
             source = self.client.fetch_image(job.image_id, width=wider, fmt=fmt,
                                              quality=quality)
         return source

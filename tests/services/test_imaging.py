@@ -630,3 +630,22 @@ def test_bytearray_garbage_is_still_unsupported(opaque_png):
     with pytest.raises(UnsupportedImage):
         ImagingEngine(default_watermark()).render(
             bytearray(opaque_png[:100] + b"\x00" * 5000), RenderSpec(480, 80, "png"))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_exif_orientation_is_applied_for_every_source_format(fmt):
+    # Stored landscape with a red stored-top-left corner; orientation 6 shows it
+    # rotated 90 degrees clockwise, so red lands top right in a portrait frame.
+    stored = Image.new("RGB", (800, 600), (40, 90, 160))
+    ImageDraw.Draw(stored).rectangle([0, 0, 120, 120], fill=(230, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, fmt, exif=exif.tobytes(), quality=95)
+    source = buffer.getvalue()
+    assert imaging.displayed_size(source) == (600, 800)
+    rendered = ImagingEngine(default_watermark()).render(source, RenderSpec(300, 90, "png"))
+    assert (rendered.width, rendered.height) == (300, 400)
+    with Image.open(io.BytesIO(rendered.data)) as out:
+        red, green, _ = out.convert("RGB").getpixel((290, 10))
+        assert red > 180 and green < 80, (fmt, out.getpixel((290, 10)))

@@ -73,6 +73,19 @@ def test_rotated_source_is_fetched_again_wide_enough(engine, store):
 
 
 @responses.activate
+def test_rotation_is_remembered_so_other_widths_fetch_once(engine, store):
+    responses.get(BASE + "/img", body=rotated_jpeg(960, 720), content_type="image/jpeg")
+    responses.get(BASE + "/img", body=rotated_jpeg(1280, 960), content_type="image/jpeg")
+    responses.get(BASE + "/img", body=rotated_jpeg(640, 480), content_type="image/jpeg")
+    pipeline = renderer(engine, store)
+    pipeline.render(RenderJob("abc", 960, 80, "webp"))
+    result = pipeline.render(RenderJob("abc", 480, 80, "webp"))
+    assert requested_widths(responses.calls) == [960, 1280, 640]
+    with Image.open(io.BytesIO(result.entry.data)) as img:
+        assert img.size == (480, 640)
+
+
+@responses.activate
 def test_configured_source_width_is_used_as_is(engine, store):
     responses.get(BASE + "/img", body=rotated_jpeg(2000, 1500), content_type="image/jpeg")
     policy = SourcePolicy(width=5000, format="png", quality=100)
