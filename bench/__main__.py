@@ -133,8 +133,11 @@ def run(args: argparse.Namespace) -> dict:
         default = inprocess.Pipeline(env, tmp / "inproc-default")
         full = inprocess.Pipeline({**env, **FULL_SOURCE}, tmp / "inproc-full")
         layer = default.engine.watermark.layers[0]
+        # Same WebP effort as our engine is configured with: the same job, not a
+        # faster encoder setting on one side.
         vips = inprocess.VipsRenderer(layer.text or "qcimage", layer.font, scale=layer.scale,
-                                      opacity=layer.opacity, margin=layer.margin)
+                                      opacity=layer.opacity, margin=layer.margin,
+                                      effort=default.engine.webp_method)
         results["meta"] = {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": _machine(cores, workers, vips.version()),

@@ -50,7 +50,8 @@ class _RecordingClient:
 
     def fetch_image(self, *args, **kwargs):
         source = self.client.fetch_image(*args, **kwargs)
-        self.bodies.append(source.data)
+        # A copy: the engine empties the bytearray it is given once it has decoded it.
+        self.bodies.append(bytes(source.data))
         return source
 
     def __getattr__(self, name: str):
@@ -100,7 +101,8 @@ class Pipeline:
 class VipsRenderer:
     """The same job done the libvips way: shrink-on-load thumbnail, cached text mark, webp."""
 
-    def __init__(self, text: str, font: Path, *, scale: float, opacity: float, margin: float):
+    def __init__(self, text: str, font: Path, *, scale: float, opacity: float, margin: float,
+                 effort: int):
         # One thread, as our ImageMagick policy allows, and no operation cache: every
         # render must decode its source again, as a cold request does.
         os.environ["VIPS_CONCURRENCY"] = "1"
@@ -110,6 +112,7 @@ class VipsRenderer:
         self.pyvips = pyvips
         self.text, self.font = text, str(font)
         self.scale, self.opacity, self.margin = scale, opacity, margin
+        self.effort = effort
         self._marks: dict[int, object] = {}
 
     def version(self) -> str:
@@ -142,7 +145,7 @@ class VipsRenderer:
                              y=img.height - mark.height - margin)
         if bands in (1, 3):
             img = img.extract_band(0, n=3)
-        return img.webpsave_buffer(Q=quality, effort=4, strip=True)
+        return img.webpsave_buffer(Q=quality, effort=self.effort, strip=True)
 
 
 def _timed(fn, *args) -> tuple[float, object]:

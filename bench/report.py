@@ -198,7 +198,8 @@ def render_markdown(results: dict, chart_name: str) -> str:
          "`VIPS_CONCURRENCY=1`), libvips operation cache off, interleaved renders of the "
          "4000x3000 JPEG to 960 px webp q80 with a cached white-on-dark text mark; medians. "
          "pyvips uses `thumbnail_buffer` (shrink-on-load to 2× then lanczos3), ours the JPEG "
-         "size hint (also 2×) then its resize filter."),
+         "size hint (also 2×) then its resize filter; both encode WebP at the effort our engine "
+         "is configured with (`QCIMAGE_WEBP_METHOD`, libvips `effort`)."),
         ("3. Source sizing: default policy against the full source", "sizing", _sizing_table,
          "In process with the app's own `ImageRenderer` (source policy, upstream client, "
          "engine; only its cache swapped for one that never hits), against the stand-in "

@@ -33,9 +33,11 @@ class DiskStore:
 
     def __init__(self, directory: Path, size_limit: int):
         directory.mkdir(parents=True, exist_ok=True)
-        # least-recently-used keeps hot images; timeout bounds SQLite lock waits.
+        # least-recently-stored: a hit is a pure read. least-recently-used would write the
+        # access time on every hit, so every worker's hits would queue on SQLite's write
+        # lock. timeout bounds SQLite lock waits.
         self.cache = diskcache.Cache(str(directory), size_limit=size_limit, timeout=2,
-                                     eviction_policy="least-recently-used")
+                                     eviction_policy="least-recently-stored")
 
     def get(self, key: str) -> bytes | None:
         return self.cache.get(key)
