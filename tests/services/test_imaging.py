@@ -649,3 +649,18 @@ def test_exif_orientation_is_applied_for_every_source_format(fmt):
     with Image.open(io.BytesIO(rendered.data)) as out:
         red, green, _ = out.convert("RGB").getpixel((290, 10))
         assert red > 180 and green < 80, (fmt, out.getpixel((290, 10)))
+
+
+def test_area_resize_is_close_to_lanczos(light_photo):
+    spec = RenderSpec(480, 100, "png")
+
+    def luma(filter_name):
+        rendered = ImagingEngine(Watermark(layers=()), resize_filter=filter_name).render(
+            light_photo, spec)
+        with Image.open(io.BytesIO(rendered.data)) as img:
+            return np.asarray(img.convert("L"), dtype=np.float64)
+
+    reference, area = luma("lanczos"), luma("area")
+    assert area.shape == reference.shape
+    psnr = 10 * np.log10(255 ** 2 / ((area - reference) ** 2).mean())
+    assert psnr > 38, psnr
