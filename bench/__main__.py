@@ -190,7 +190,7 @@ def _in_process(results: dict, args: argparse.Namespace, default: inprocess.Pipe
     results["sizing"] = _phase(results, "sizing", inprocess.source_sizing, default, full,
                                image_ids, args.sizing_samples, budget_s=90)
     sources = {
-        "default policy: 960 px JPEG q95 from upstream -> 960 webp":
+        "default policy: 960 px JPEG q98 from upstream -> 960 webp":
             default.cold("n4EYdIoE", 960, 80, "webp")["bodies"][-1],
         "4000x3000 JPEG as stored -> 960 webp": jpeg,
         "5000x3750 PNG as stored -> 960 webp": paths["cR-eVGrQ"].read_bytes(),

@@ -191,7 +191,7 @@ def render_markdown(results: dict, chart_name: str) -> str:
          "cases taken in turn, "
          "on a fresh connection each, as a browser arriving cold. Upstream and render times "
          "are the `upstream_ms` / `render_ms` the app logs for the same request id. Under the "
-         "default policy upstream sends a 960 px JPEG q95 whatever the stored source; under "
+         "default policy upstream sends a 960 px JPEG q98 whatever the stored source; under "
          "the full-source policy it sends the whole picture as PNG."),
         ("2. Our engine against pyvips (in process)", "engine_vs_vips", _duel_block,
          "One process, one thread each (`MAGICK_THREAD_LIMIT=1` from our policy, "
@@ -205,7 +205,7 @@ def render_markdown(results: dict, chart_name: str) -> str:
          "engine; only its cache swapped for one that never hits), against the stand-in "
          "upstream (its output cache warm, so fetch = transfer + our read). Bytes are every "
          "body fetched for the request, ms the whole request's work (fetch + render). "
-         "Default: what `SourcePolicy()` asks (output width, JPEG q95). Full: "
+         "Default: what `SourcePolicy()` asks (output width, JPEG q98). Full: "
          "`QCIMAGE_SOURCE_WIDTH=5000`, `SOURCE_FORMAT=png`, `SOURCE_QUALITY=100`. Output "
          "960 px webp q80, medians of the interleaved runs; SSIM "
          "(Gaussian 11×11, σ 1.5) and PSNR on BT.601 luma of the default output against the "

@@ -65,7 +65,7 @@ class SourcePolicy:
 
     width: int = 0
     format: str = "jpeg"
-    quality: int = 95
+    quality: int = 98
 
     def params(self, job: RenderJob) -> tuple[int, str, int]:
         return (self.width or job.width, self.format, self.quality)

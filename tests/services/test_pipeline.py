@@ -57,7 +57,7 @@ def test_default_policy_asks_upstream_for_the_output_width(engine, store):
     result = renderer(engine, store).render(RenderJob("abc", 960, 80, "webp"))
     assert requested_widths(responses.calls) == [960]
     query = parse_qs(urlsplit(responses.calls[0].request.url).query)
-    assert (query["format"], query["quality"]) == (["jpeg"], ["95"])
+    assert (query["format"], query["quality"]) == (["jpeg"], ["98"])
     with Image.open(io.BytesIO(result.entry.data)) as img:
         assert img.size == (960, 720)
 
