@@ -112,26 +112,19 @@ class _Reader:
         return default if value is None else value
 
     def int(self, name: str, default: int, lo: int, hi: int) -> int:
-        value = self.raw(name)
-        if value is None:
-            return default
-        try:
-            number = int(value)
-        except ValueError:
-            self.errors.append(f"{PREFIX}{name} must be an integer, got {value!r}")
-            return default
-        if not lo <= number <= hi:
-            self.errors.append(f"{PREFIX}{name} must be between {lo} and {hi}, got {number}")
-        return number
+        return self._number(name, default, lo, hi, int, "an integer")
 
     def float(self, name: str, default: float, lo: float, hi: float) -> float:
+        return self._number(name, default, lo, hi, float, "a number")
+
+    def _number(self, name, default, lo, hi, cast, kind):
         value = self.raw(name)
         if value is None:
             return default
         try:
-            number = float(value)
+            number = cast(value)
         except ValueError:
-            self.errors.append(f"{PREFIX}{name} must be a number, got {value!r}")
+            self.errors.append(f"{PREFIX}{name} must be {kind}, got {value!r}")
             return default
         if not lo <= number <= hi:
             self.errors.append(f"{PREFIX}{name} must be between {lo} and {hi}, got {number}")
