@@ -102,11 +102,11 @@ def findings(results: dict) -> list[str]:
     for row in results.get("recycling") or []:
         if row["recycled"] and row["c"] in steady:
             notes.append(
-                f"With the production default QCIMAGE_MAX_REQUESTS=1000 (jitter 100), "
+                f"With the production default QCIMAGE_MAX_REQUESTS=1000 (jitter 500), "
                 f"{row['recycled']} workers were recycled in {row['requests']} hits; "
                 f"throughput {row['rps']:.0f} req/s and p99 {row['p99_ms']:.0f} ms against "
                 f"{steady[row['c']]['rps']:.0f} req/s and {steady[row['c']]['p99_ms']:.0f} ms "
-                "without recycling. Evenly loaded workers reach the limit together.")
+                "without recycling. Each recycle boots a fresh worker (imports, ImageMagick, the watermark check) while the others carry its share: on busy boxes raise QCIMAGE_MAX_REQUESTS.")
     return notes
 
 
@@ -247,7 +247,7 @@ def _recycling_server(results: dict, args: argparse.Namespace, upstream, tmp: Pa
         if urls:
             _extend(results, "recycling", _phase(
                 results, "recycling", phases.wrk_rows, service,
-                "cache hit, MAX_REQUESTS=1000±100", urls, (8,), 3 * args.duration))
+                "cache hit, MAX_REQUESTS=1000±500", urls, (8,), 3 * args.duration))
     finally:
         service.stop()
 

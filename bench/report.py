@@ -230,7 +230,7 @@ def render_markdown(results: dict, chart_name: str) -> str:
         ("8. Worker recycling under load", "recycling", _throughput_table,
          "The sections above run with `QCIMAGE_MAX_REQUESTS=0` so that a short wrk window "
          "never lands on a recycle. Here a third instance keeps the production default "
-         "(1000 requests ± 100 jitter) and serves the warm hit URLs for longer than it takes "
+         "(1000 requests ± 500 jitter) and serves the warm hit URLs for longer than it takes "
          "every worker to reach its limit; compare with the steady-state row of section 5."),
         ("9. Product look-up", "lookup", _throughput_table,
          "wrk with `X-API-Key` on `/api/qc-images` for the default product, look-up cache "
