@@ -106,7 +106,9 @@ def findings(results: dict) -> list[str]:
                 f"{row['recycled']} workers were recycled in {row['requests']} hits; "
                 f"throughput {row['rps']:.0f} req/s and p99 {row['p99_ms']:.0f} ms against "
                 f"{steady[row['c']]['rps']:.0f} req/s and {steady[row['c']]['p99_ms']:.0f} ms "
-                "without recycling. Each recycle boots a fresh worker (imports, ImageMagick, the watermark check) while the others carry its share: on busy boxes raise QCIMAGE_MAX_REQUESTS.")
+                "without recycling. Each recycle boots a fresh worker (imports, ImageMagick, "
+                "the watermark check) while the others carry its share: on busy boxes "
+                "raise QCIMAGE_MAX_REQUESTS.")
     return notes
 
 
