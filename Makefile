@@ -7,7 +7,7 @@ FUZZ_EXAMPLES ?= 5000
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Debian packages: ImageMagick's library for Wand, the font the watermark uses, and the
 # real servers the end-to-end tests start (Redis, nginx) plus openssl for nginx's test cert.
-APT_PACKAGES := libmagickwand-6.q16-6 imagemagick fonts-dejavu-core redis-server nginx-light \
+APT_PACKAGES := python3 python3-venv libmagickwand-6.q16-6 imagemagick fonts-dejavu-core redis-server nginx-light \
                 openssl wrk procps
 
 .DEFAULT_GOAL := help
@@ -23,7 +23,7 @@ system-deps: ## Install the Debian packages that are missing (needs root or sudo
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
 $(VENV)/.installed: setup.cfg pyproject.toml

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from limits import parse_many
+
 PREFIX = "QCIMAGE_"
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
@@ -320,9 +322,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if fmt not in OUTPUT_FORMATS:
             reader.errors.append(f"{PREFIX}AUTO_FORMATS entries must be among "
                                  f"{', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
-    if "jpeg" not in settings.auto_formats and "png" not in settings.auto_formats:
+    if settings.auto_formats[-1] not in ("jpeg", "png"):
         reader.errors.append(f"{PREFIX}AUTO_FORMATS must end with a format every browser reads "
-                             "(jpeg or png)")
+                             "(jpeg or png): the last one is the fallback")
+    for name, value in (("LOOKUP_RATE_LIMIT", settings.lookup_limit),
+                        ("IMAGE_RATE_LIMIT", settings.image_limit)):
+        try:
+            parse_many(value)
+        except ValueError:
+            # Flask-Limiter would only log this per request and apply no limit at all.
+            reader.errors.append(f"{PREFIX}{name} must be a rate like '100 per 15 minutes', "
+                                 f"got {value!r}")
     # A slow upstream must end in our 504, never in gunicorn killing the worker: the
     # whole fetch (deadline + one last socket read) plus a render has to fit.
     for name, deadline in (("LOOKUP_TIMEOUT", settings.lookup_total_timeout),

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, request
 from .errors import APIError, error_response
 from .extensions import limiter, talisman
 from .metrics import render_latest
+from .services.imaging import policy_in_force
 
 bp = Blueprint("health", __name__)
 limiter.exempt(bp)
@@ -25,8 +26,11 @@ def health():
 @talisman(force_https=False)
 def ready():
     services = current_app.extensions["qcimage"]
-    checks = {"upstream_circuit": services.client.circuit_state()}
+    checks = {"upstream_circuit": services.client.circuit_state(),
+              "imagemagick_policy": "ok" if policy_in_force() else "not loaded"}
     problems = []
+    if checks["imagemagick_policy"] != "ok":
+        problems.append("ImageMagick is not running under qcimage's policy")
     if checks["upstream_circuit"] == "open":
         problems.append("the circuit to upstream is open")
     ping = getattr(getattr(services.store, "shared", None), "ping", None)

@@ -21,7 +21,8 @@ def _services():
     return current_app.extensions["qcimage"]
 
 
-limiter.limit(lambda: _services().settings.image_limit, key_func=client_ip)(bp)
+limiter.limit(lambda: _services().settings.image_limit, key_func=client_ip,
+              methods=["GET", "HEAD"])(bp)
 
 
 def negotiate(requested: str, preferences: tuple[str, ...]) -> str:

@@ -28,6 +28,10 @@ class _RequestContextFilter(logging.Filter):
         return True
 
 
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 def configure_logging(app: Flask, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
@@ -70,8 +74,8 @@ def configure_logging(app: Flask, log_format: str) -> None:
             "client_ip": request.remote_addr,
             "api_key": g.get("api_key_name"),
             "cache": g.get("cache_status"),
-            "upstream_ms": g.get("upstream_ms"),
-            "render_ms": g.get("render_ms"),
+            "upstream_ms": _ms(g.get("upstream_ms")),
+            "render_ms": _ms(g.get("render_ms")),
         }
         access_log.info("%s %s %s %sms", request.method, request.path, response.status_code,
                         duration, extra=fields)

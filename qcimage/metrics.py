@@ -35,7 +35,9 @@ CACHE_BYTES = Counter("qcimage_cache_bytes_served_total", "Image bytes served fr
 RATE_LIMITED = Counter("qcimage_rate_limited_total", "Requests refused by a rate limit",
                        ["route"])
 CIRCUIT_OPEN = Gauge("qcimage_upstream_circuit_open",
-                     "1 while a worker's circuit to upstream is open", multiprocess_mode="max")
+                     "1 while a worker's circuit to upstream is open",
+                     # live: a worker recycled while open must stop counting.
+                     multiprocess_mode="livemax")
 
 
 def render_latest() -> tuple[bytes, str]:

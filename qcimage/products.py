@@ -29,7 +29,9 @@ def _rate_limit_key() -> str:
     return f"key:{name}" if name else f"ip:{client_ip()}"
 
 
-limiter.limit(lambda: _services().settings.lookup_limit, key_func=_rate_limit_key)(bp)
+# GET (and HEAD) only: CORS preflights must not spend the budget of the request they precede.
+limiter.limit(lambda: _services().settings.lookup_limit, key_func=_rate_limit_key,
+              methods=["GET", "HEAD"])(bp)
 
 
 def image_url(image_id: str, width: int, quality: int, fmt: str) -> str:
@@ -65,5 +67,5 @@ def qc_images():
     if stale:
         headers["X-Stale"] = "1"
         headers["Warning"] = '110 qcimage "Response is stale"'
-    g.cache_status = "stale" if stale else None
+    g.cache_status = "stale" if stale else g.get("cache_status")
     return body, 200, headers

@@ -102,3 +102,18 @@ def test_keys_cli_creates_lists_and_revokes(runner, monkeypatch):
     assert key not in listed.output
     revoked = runner.invoke(args=["keys", "revoke", "shop"])
     assert revoked.output.strip() == "QCIMAGE_API_KEYS=other:" + "0" * 64
+
+
+def test_readiness_reports_the_imagemagick_policy(client):
+    body = client.get("/health/ready").get_json()
+    assert body["status"] == "ready"
+    assert body["checks"] == {"upstream_circuit": "closed", "imagemagick_policy": "ok"}
+
+
+def test_readiness_is_503_when_the_policy_is_not_in_force(client, monkeypatch):
+    from qcimage import health
+
+    monkeypatch.setattr(health, "policy_in_force", lambda: False)
+    response = client.get("/health/ready")
+    assert response.status_code == 503
+    assert response.get_json()["details"]["imagemagick_policy"] == "not loaded"

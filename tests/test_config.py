@@ -45,6 +45,10 @@ def test_malformed_api_keys_are_refused(env, value):
     ("QCIMAGE_ENV", "staging", "must be one of"),
     ("QCIMAGE_AUTO_FORMATS", "webp,gif", "AUTO_FORMATS"),
     ("QCIMAGE_SRCSET_WIDTHS", "50,960", "SRCSET_WIDTHS"),
+    ("QCIMAGE_AUTO_FORMATS", "jpeg,avif", "last one is the fallback"),
+    ("QCIMAGE_IMAGE_RATE_LIMIT", "lots", "IMAGE_RATE_LIMIT"),
+    ("QCIMAGE_LOOKUP_RATE_LIMIT", "1 per frobnicate", "LOOKUP_RATE_LIMIT"),
+    ("QCIMAGE_IMAGE_FETCH_TIMEOUT", "25", "WORKER_TIMEOUT"),
 ])
 def test_invalid_values_say_what_is_wrong(env, name, value, message):
     env[name] = value

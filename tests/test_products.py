@@ -237,3 +237,16 @@ def test_second_key_line_is_supported(env, upstream):
                       headers={"X-API-Key": "solo-key-000000000000"}).status_code == 200
     assert client.get("/api/qc-images?id=7494645791",
                       headers={"X-API-Key": API_KEY}).status_code == 403
+
+
+def test_cors_preflights_do_not_spend_the_rate_limit(env, upstream):
+    env.update({"QCIMAGE_LOOKUP_RATE_LIMIT": "2 per minute",
+                "QCIMAGE_CORS_ORIGINS": "https://shop.example"})
+    client = create_app(env).test_client()
+    add_product(upstream)
+    for _ in range(4):
+        preflight = {"Origin": "https://shop.example", "Access-Control-Request-Method": "GET"}
+        client.options("/api/qc-images", headers=preflight)
+    for _ in range(2):
+        assert client.get("/api/qc-images?id=7494645791",
+                          headers={"X-API-Key": API_KEY}).status_code == 200

@@ -8,6 +8,7 @@ import os
 import struct
 import threading
 import zlib
+from xml.etree import ElementTree
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -55,6 +56,8 @@ __all__ = [
     "available_output_formats",
     "displayed_size",
     "imagemagick_version",
+    "policy_in_force",
+    "policy_limits",
     "probe",
     "resource_limits",
     "sniff_format",
@@ -805,3 +808,23 @@ def resource_limits() -> dict[str, int]:
     in_force = {name: limits[name] for name in limits if name != "undefined"}
     in_force["list-length"] = library.MagickGetResourceLimit(_LIST_LENGTH_RESOURCE)
     return in_force
+
+
+@cache
+def policy_limits() -> dict[str, int]:
+    """The resource limits our policy.xml sets, in bytes, pixels or counts."""
+    units = {"KP": 10**3, "MP": 10**6, "GP": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+    found = {}
+    for rule in ElementTree.parse(POLICY_DIR / "policy.xml").getroot():
+        if rule.get("domain") == "resource":
+            value = rule.get("value")
+            unit = next((u for u in units if value.endswith(u)), None)
+            found[rule.get("name")] = (int(value[:-len(unit)]) * units[unit] if unit
+                                       else int(value))
+    return found
+
+
+def policy_in_force() -> bool:
+    """Whether every limit of our policy is the one ImageMagick applies (readiness)."""
+    in_force = resource_limits()
+    return all(in_force.get(name) == value for name, value in policy_limits().items())

@@ -192,11 +192,16 @@ class DoppelClient:
         return max(1, math.ceil(min(remaining, self.breaker.reset_timeout)))
 
     def _get(self, path: str, params: dict[str, str], *, limit: int, deadline: float,
-             what: str) -> tuple[requests.Response, bytearray, float]:
+             what: str, parse=None):
+        """Fetch through the breaker; ``parse`` runs inside it, so garbage counts as failure."""
         started = time.monotonic()
+
+        def call():
+            result = self._fetch(path, params, limit=limit, deadline=deadline, what=what)
+            return parse(result[1]) if parse else result
+
         try:
-            return self.breaker.call(self._fetch, path, params, limit=limit, deadline=deadline,
-                                     what=what)
+            return self.breaker.call(call)
         except pybreaker.CircuitBreakerError:
             metrics.UPSTREAM_ERRORS.labels(what, "circuit_open").inc()
             error = UpstreamUnavailable("upstream is failing; not asking it again for a moment")
@@ -244,20 +249,10 @@ class DoppelClient:
 
     def product_images(self, product_id: str, platform: str) -> list[str]:
         """Image ids of a product's QC photos, in upstream order, without repeats."""
-        response, body, _ = self._get(
+        return self._get(
             _PRODUCT_PATH, {"id": product_id, "storePlatform": platform},
-            limit=_MAX_PRODUCT_BYTES, deadline=self.lookup_deadline, what="product")
-        try:
-            document = json.loads(body)
-        except (ValueError, RecursionError):
-            raise UpstreamError("upstream returned a product response that is not JSON") from None
-        # data holds objects (an object, or a list of them): null, a string, or a list of
-        # numbers is a broken answer (502, never cached as "no images"), not an empty product.
-        data = document.get("data") if isinstance(document, dict) else None
-        if not (isinstance(data, dict) or (
-                isinstance(data, list) and all(isinstance(x, (dict, list)) for x in data))):
-            raise UpstreamError("upstream returned a product response of an unexpected shape")
-        return collect_image_ids(data)
+            limit=_MAX_PRODUCT_BYTES, deadline=self.lookup_deadline, what="product",
+            parse=_parse_product)
 
     def fetch_image(self, image_id: str, *, width: int, fmt: str, quality: int) -> Source:
         if not IMAGE_ID.match(image_id):
@@ -270,6 +265,24 @@ class DoppelClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _parse_product(body: bytearray) -> list[str]:
+    """Image ids from a product answer; UpstreamError for anything but the expected JSON.
+
+    Runs inside the breaker: an upstream answering 200 with garbage is failing too.
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise UpstreamError("upstream returned a product response that is not JSON") from None
+    # data holds objects (an object, or a list of them): null, a string, or a list of
+    # numbers is a broken answer (502, never cached as "no images"), not an empty product.
+    data = document.get("data") if isinstance(document, dict) else None
+    if not (isinstance(data, dict) or (
+            isinstance(data, list) and all(isinstance(x, (dict, list)) for x in data))):
+        raise UpstreamError("upstream returned a product response of an unexpected shape")
+    return collect_image_ids(data)
 
 
 def collect_image_ids(data: object) -> list[str]:

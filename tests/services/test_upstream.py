@@ -82,3 +82,17 @@ def test_transport_failures_map_to_service_errors(client, exc, error):
     responses.get(BASE + "/api/v1/products/qcMedia", body=exc)
     with pytest.raises(error):
         client.product_images("1", "WEIDIAN")
+
+
+@responses.activate
+def test_garbage_answers_count_as_failures_for_the_breaker():
+    from qcimage.services.upstream import UpstreamUnavailable, make_breaker
+
+    client = DoppelClient(BASE, retries=0, breaker=make_breaker(fail_max=2, reset_timeout=60))
+    responses.get(BASE + "/api/v1/products/qcMedia", body="<html>login</html>")
+    for _ in range(2):
+        with pytest.raises(UpstreamError):
+            client.product_images("1", "WEIDIAN")
+    with pytest.raises(UpstreamUnavailable):
+        client.product_images("1", "WEIDIAN")
+    assert len(responses.calls) == 2
