@@ -194,7 +194,9 @@ class RenderCache:
                     self.store.set("r:" + key, entry.pack())
                     return entry, False
                 finally:
-                    self.store.delete(lock)
+                    # Only our own lock: one that outlived lock_ttl may be another's now.
+                    if self.store.get(lock) == token:
+                        self.store.delete(lock)
             time.sleep(pause)
             pause = min(pause * 1.5, 0.05)
             entry = self.get(key)
