@@ -585,7 +585,7 @@ def test_readiness_is_cheap_unlimited_and_names_its_checks(qcimage_server, upstr
                    QCIMAGE_IMAGE_RATE_LIMIT="1 per minute")
     for _ in range(5):
         body = assert_ready(ready(server), "ready")
-        assert body["checks"] == {"upstream_circuit": "closed"}
+        assert body["checks"] == {"upstream_circuit": "closed", "imagemagick_policy": "ok"}
         live = requests.get(server.url + "/health", timeout=10)
         assert live.status_code == 200 and live.json() == {"status": "ok"}
     assert upstream.stats()["total"] == 0, "a probe called upstream"
