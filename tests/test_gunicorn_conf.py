@@ -84,9 +84,12 @@ def test_app_is_never_preloaded_into_the_master(load_conf):
     assert load_conf().preload_app is False
 
 
-@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this machine")
-def test_worker_heartbeat_lives_in_shared_memory(load_conf):
+def test_worker_heartbeat_lives_in_shared_memory_when_there_is_one(load_conf, monkeypatch):
+    real_isdir = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda path: path == "/dev/shm" or real_isdir(path))
     assert load_conf().worker_tmp_dir == "/dev/shm"
+    monkeypatch.setattr(os.path, "isdir", lambda path: path != "/dev/shm" and real_isdir(path))
+    assert not hasattr(load_conf(), "worker_tmp_dir")
 
 
 @pytest.mark.parametrize("name, value, attribute, expected", [
