@@ -7,13 +7,20 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flask import Flask
+from flask import Flask, current_app
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, Settings, load_settings
 
-__all__ = ["create_app", "ConfigError"]
+if TYPE_CHECKING:
+    from .services.cache import Store
+    from .services.pipeline import ImageRenderer, ProductLookup
+    from .services.signing import Signer
+    from .services.upstream import DoppelClient
+
+__all__ = ["create_app", "ConfigError", "current_services"]
 log = logging.getLogger(__name__)
 
 
@@ -22,11 +29,16 @@ class Services:
     """What the views use, built once per process from the settings."""
 
     settings: Settings
-    signer: object
-    lookup: object
-    renderer: object
-    client: object
-    store: object
+    signer: Signer
+    lookup: ProductLookup
+    renderer: ImageRenderer
+    client: DoppelClient
+    store: Store
+
+
+def current_services() -> Services:
+    """The services of the app handling the current request."""
+    return current_app.extensions["qcimage"]
 
 
 def create_app(test_config: Mapping[str, str] | None = None) -> Flask:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import secrets
 
-from flask import current_app, g, request
+from flask import g, request
 
 from .config import hash_api_key
 from .errors import APIError
@@ -41,6 +41,21 @@ def key_name(key: str, keys: dict[str, str]) -> str | None:
     return name
 
 
+def request_key_name() -> str | None:
+    """The name of the valid key this request presents, or None; worked out once.
+
+    Both the rate limiter (which runs first) and the API-key hook need it; hashing and
+    comparing against every configured key twice per request would be waste.
+    """
+    if "api_key_resolved" not in g:
+        from . import current_services
+
+        key = presented_key()
+        g.api_key_resolved = (key_name(key, current_services().settings.api_keys)
+                              if key else None)
+    return g.api_key_resolved
+
+
 def require_api_key() -> None:
     """before_request hook: set ``g.api_key_name`` or refuse with 400/401/403."""
     if request.method == "OPTIONS":
@@ -53,7 +68,7 @@ def require_api_key() -> None:
     if key is None:
         raise APIError(401, "api_key_missing", "an API key is required: send the X-API-Key "
                        "header", headers={"WWW-Authenticate": 'Bearer realm="qcimage"'})
-    name = key_name(key, current_app.extensions["qcimage"].settings.api_keys)
+    name = request_key_name()
     if name is None:
         raise APIError(403, "api_key_invalid", "the API key is not valid")
     g.api_key_name = name

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
+from . import current_services
 from .errors import APIError, error_response
 from .extensions import limiter, talisman
 from .metrics import render_latest
@@ -25,7 +26,7 @@ def health():
 @bp.get("/health/ready")
 @talisman(force_https=False)
 def ready():
-    services = current_app.extensions["qcimage"]
+    services = current_services()
     checks = {"upstream_circuit": services.client.circuit_state(),
               "imagemagick_policy": "ok" if policy_in_force() else "not loaded"}
     problems = []
@@ -54,7 +55,7 @@ def metrics():
         client = ipaddress.ip_address(request.remote_addr or "")
     except ValueError:
         client = None
-    allowed = current_app.extensions["qcimage"].settings.metrics_allow
+    allowed = current_services().settings.metrics_allow
     if client is None or not any(client in network for network in allowed):
         raise APIError(403, "forbidden", "metrics are not available from this address")
     body, content_type = render_latest()

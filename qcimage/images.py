@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, g, request
 
+from . import current_services
 from .extensions import client_ip, limiter
 from .schemas import ImageQuerySchema, load_query
 from .services.pipeline import RenderJob
@@ -17,11 +18,7 @@ _MIME = {"avif": "image/avif", "webp": "image/webp", "jpeg": "image/jpeg", "png"
 _MAX_AGE = 86400
 
 
-def _services():
-    return current_app.extensions["qcimage"]
-
-
-limiter.limit(lambda: _services().settings.image_limit, key_func=client_ip,
+limiter.limit(lambda: current_services().settings.image_limit, key_func=client_ip,
               methods=["GET", "HEAD"])(bp)
 
 
@@ -59,7 +56,7 @@ def _caching_headers(args: dict, etag: str) -> dict[str, str]:
 @bp.get("/api/image")
 def image():
     args = load_query(_query, request.args)
-    services = _services()
+    services = current_services()
     services.signer.verify({name: request.args.get(name) for name in SIGNED_PARAMS}, args["sig"])
     job = RenderJob(image_id=args["url"], width=args["width"], quality=args["quality"],
                     format=negotiate(args["format"], services.settings.auto_formats))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, g, request
 
-from .auth import require_api_key, presented_key, key_name
+from .auth import request_key_name, require_api_key
 from .errors import APIError
+from . import current_services
 from .extensions import client_ip, limiter
 from .schemas import ProductQuerySchema, ProductResponseSchema, load_query
 
@@ -17,26 +18,21 @@ _query = ProductQuerySchema()
 _response = ProductResponseSchema()
 
 
-def _services():
-    return current_app.extensions["qcimage"]
-
-
 def _rate_limit_key() -> str:
     # The limiter runs before the API-key hook, so it resolves the key itself:
     # valid keys share one bucket per key name, anything else is counted per IP.
-    key = presented_key()
-    name = key_name(key, _services().settings.api_keys) if key else None
+    name = request_key_name()
     return f"key:{name}" if name else f"ip:{client_ip()}"
 
 
 # GET (and HEAD) only: CORS preflights must not spend the budget of the request they precede.
-limiter.limit(lambda: _services().settings.lookup_limit, key_func=_rate_limit_key,
+limiter.limit(lambda: current_services().settings.lookup_limit, key_func=_rate_limit_key,
               methods=["GET", "HEAD"])(bp)
 
 
 def image_url(image_id: str, width: int, quality: int, fmt: str) -> str:
     """An absolute, signed /api/image URL on the configured public base URL."""
-    services = _services()
+    services = current_services()
     settings = services.settings
     params = {"url": image_id, "width": str(width), "quality": str(quality), "format": fmt}
     expires = services.signer.expiry(settings.signed_url_ttl, settings.signed_url_bucket)
@@ -49,7 +45,7 @@ def image_url(image_id: str, width: int, quality: int, fmt: str) -> str:
 @bp.get("/api/qc-images")
 def qc_images():
     args = load_query(_query, request.args)
-    services = _services()
+    services = current_services()
     ids, stale = services.lookup.image_ids(args["id"], args["storePlatform"])
     if not ids:
         raise APIError(404, "no_images", "this product has no QC images")
