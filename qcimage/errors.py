@@ -28,17 +28,19 @@ _HTTP_CODES = {
 }
 
 
-class APIError(Exception):
-    """An error raised by the web layer with its status, code and safe message."""
+class APIError(ServiceError):
+    """A ServiceError raised by the web layer, its status and code chosen where raised."""
 
     def __init__(self, status: int, code: str, message: str, *, details: dict | None = None,
                  headers: dict[str, str] | None = None):
-        super().__init__(message)
+        super().__init__(message, details=details)
         self.status = status
         self.code = code
-        self.message = message
-        self.details = details
-        self.headers = headers or {}
+        self._headers = headers or {}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._headers
 
 
 def error_response(status: int, code: str, message: str, *, details: dict | None = None,
@@ -66,18 +68,12 @@ def _rate_limit_headers() -> dict[str, str]:
 
 
 def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(APIError)
-    def handle_api_error(error: APIError):
-        return error_response(error.status, error.code, error.message, details=error.details,
-                              headers=error.headers)
-
     @app.errorhandler(ServiceError)
     def handle_service_error(error: ServiceError):
         if error.status >= 500:
             log.warning("service error %s: %s", error.code, error.message)
-        headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
         return error_response(error.status, error.code, error.message, details=error.details,
-                              headers=headers)
+                              headers=error.headers)
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(error: HTTPException):
