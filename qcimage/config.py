@@ -305,7 +305,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         source_width=reader.int("SOURCE_WIDTH", 0, 0, 10000),
         source_format=reader.choice("SOURCE_FORMAT", "jpeg", ("jpeg", "png", "webp")),
         source_quality=reader.int("SOURCE_QUALITY", 98, 1, 100),
-        cache_max_bytes=reader.int("CACHE_MAX_BYTES", 2 * 1024 ** 3, 0, 1024 ** 4),
+        # At least 64 MiB: a cache that evicts a render as it is stored would leave the
+        # requests waiting for that render with nothing to read.
+        cache_max_bytes=reader.int("CACHE_MAX_BYTES", 2 * 1024 ** 3, 64 * 1024 ** 2,
+                                   1024 ** 4),
         lookup_cache_ttl=reader.int("LOOKUP_CACHE_TTL", 300, 0, 86400),
         render_wait_timeout=reader.float("RENDER_WAIT_TIMEOUT", 10.0, 0.1, 120),
         resize_filter=reader.choice("RESIZE_FILTER", "area",

@@ -30,38 +30,49 @@ limiter.limit(lambda: current_services().settings.lookup_limit, key_func=_rate_l
               methods=["GET", "HEAD"])(bp)
 
 
-def image_url(image_id: str, width: int, quality: int, fmt: str) -> str:
-    """An absolute, signed /api/image URL on the configured public base URL."""
+def link_maker(quality: int, fmt: str):
+    """``link(image_id, width)``: absolute signed /api/image URLs on the public base URL.
+
+    The expiry is worked out once per look-up, and so is each (image, width) link: the
+    main link is usually one of the srcset's too.
+    """
     services = current_services()
     settings = services.settings
-    params = {"url": image_id, "width": str(width), "quality": str(quality), "format": fmt}
     expires = services.signer.expiry(settings.signed_url_ttl, settings.signed_url_bucket)
-    if expires is not None:
-        params["expires"] = str(expires)
-    params["sig"] = services.signer.sign(params)
-    return f"{settings.public_url}/api/image?{urlencode(params)}"
+    links: dict[tuple[str, int], str] = {}
+
+    def link(image_id: str, width: int) -> str:
+        if (image_id, width) not in links:
+            params = {"url": image_id, "width": str(width), "quality": str(quality),
+                      "format": fmt}
+            if expires is not None:
+                params["expires"] = str(expires)
+            params["sig"] = services.signer.sign(params)
+            links[image_id, width] = f"{settings.public_url}/api/image?{urlencode(params)}"
+        return links[image_id, width]
+
+    return link
 
 
 @bp.get("/api/qc-images")
 def qc_images():
     args = load_query(_query, request.args)
     services = current_services()
-    ids, stale = services.lookup.image_ids(args["id"], args["storePlatform"])
+    ids, g.cache_status = services.lookup.image_ids(args["id"], args["storePlatform"])
     if not ids:
         raise APIError(404, "no_images", "this product has no QC images")
-    widths = services.settings.srcset_widths
+    link = link_maker(args["quality"], args["format"])
     images = [{
         "original": image_id,
-        "watermarked": image_url(image_id, args["width"], args["quality"], args["format"]),
-        "srcset": ", ".join(
-            f"{image_url(image_id, w, args['quality'], args['format'])} {w}w" for w in widths),
+        "watermarked": link(image_id, args["width"]),
+        "srcset": ", ".join(f"{link(image_id, w)} {w}w"
+                            for w in services.settings.srcset_widths),
     } for image_id in ids]
     body = _response.dump({
         "success": True, "productId": args["id"], "storePlatform": args["storePlatform"],
         "totalImages": len(images), "images": images})
     headers = {"Cache-Control": "private, no-store"}
-    if stale:
+    if g.cache_status == "stale":
         headers["X-Stale"] = "1"
         headers["Warning"] = '110 qcimage "Response is stale"'
-    g.cache_status = "stale" if stale else g.get("cache_status")
     return body, 200, headers

@@ -261,3 +261,14 @@ def test_the_key_is_hashed_once_per_request(api_get, upstream, monkeypatch):
     add_product(upstream)
     assert api_get(id="7494645791").status_code == 200
     assert len(calls) == 1
+
+
+def test_lookup_cache_outcome_is_logged(api_get, upstream, caplog):
+    import logging
+
+    add_product(upstream)
+    with caplog.at_level(logging.INFO, logger="qcimage.access"):
+        api_get(id="7494645791")
+        api_get(id="7494645791")
+    outcomes = [r.cache for r in caplog.records if r.name == "qcimage.access"]
+    assert outcomes == ["miss", "hit"]

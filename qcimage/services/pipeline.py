@@ -28,13 +28,14 @@ class ProductLookup:
         self.client = client
         self.cache = cache
 
-    def image_ids(self, product_id: str, platform: str) -> tuple[list[str], bool]:
-        """(image ids, stale). Raises the upstream errors when nothing cached can stand in."""
+    def image_ids(self, product_id: str, platform: str) -> tuple[list[str], str]:
+        """(image ids, "hit" | "miss" | "stale"). Raises the upstream errors when nothing
+        cached can stand in."""
         key = f"{platform}:{product_id}"
         cached = self.cache.get(key)
         if cached is not None and cached[1]:
             metrics.CACHE_REQUESTS.labels("lookup", "hit").inc()
-            return cached[0], False
+            return cached[0], "hit"
         metrics.CACHE_REQUESTS.labels("lookup", "miss").inc()
         try:
             ids = self.client.product_images(product_id, platform)
@@ -43,10 +44,10 @@ class ProductLookup:
             if cached is not None and status >= 500:
                 log.warning("serving stale look-up for %s: upstream failed", key)
                 metrics.CACHE_REQUESTS.labels("lookup", "stale").inc()
-                return cached[0], True
+                return cached[0], "stale"
             raise
         self.cache.set(key, ids)
-        return ids, False
+        return ids, "miss"
 
 
 @dataclass(frozen=True)

@@ -134,8 +134,6 @@ class Source:
     """An upstream image body, fully read and within the byte limit."""
 
     data: bytearray  # handed to the engine, which empties it once decoded
-    content_type: str
-    seconds: float
 
 
 class DoppelClient:
@@ -257,11 +255,12 @@ class DoppelClient:
     def fetch_image(self, image_id: str, *, width: int, fmt: str, quality: int) -> Source:
         if not IMAGE_ID.match(image_id):
             raise ValueError("image id must be validated before fetching")
-        response, body, seconds = self._get(
+        _, body, _ = self._get(
             _IMAGE_PATH,
             {"url": image_id, "quality": str(quality), "format": fmt, "width": str(width)},
             limit=self.max_image_bytes, deadline=self.image_deadline, what="image")
-        return Source(body, response.headers.get("Content-Type", ""), seconds)
+        # Content-Type is not kept: the engine trusts only the magic bytes.
+        return Source(body)
 
     def close(self) -> None:
         self.session.close()

@@ -117,9 +117,10 @@ def test_stale_lookup_is_served_when_upstream_fails(store):
     lookup = ProductLookup(DoppelClient(BASE, retries=0),
                            LookupCache(store, ttl=60, clock=lambda: now[0]))
     responses.get(BASE + "/api/v1/products/qcMedia", json={"data": {"image": "abc"}})
-    assert lookup.image_ids("1", "WEIDIAN") == (["abc"], False)
+    assert lookup.image_ids("1", "WEIDIAN") == (["abc"], "miss")
+    assert lookup.image_ids("1", "WEIDIAN") == (["abc"], "hit")
     now[0] += 120
     responses.replace(responses.GET, BASE + "/api/v1/products/qcMedia", status=503)
-    assert lookup.image_ids("1", "WEIDIAN") == (["abc"], True)
+    assert lookup.image_ids("1", "WEIDIAN") == (["abc"], "stale")
     with pytest.raises(UpstreamError):
         lookup.image_ids("2", "WEIDIAN")
