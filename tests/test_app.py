@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qcimage import ConfigError, create_app
+from tests.conftest import UPSTREAM, add_product
 
 
 def test_unknown_path_is_json_404(client):
@@ -80,12 +81,16 @@ def test_missing_watermark_font_stops_start_up(env, tmp_path):
     assert "watermark" in str(error.value).lower() or "font" in str(error.value).lower()
 
 
-def test_development_invents_demo_secrets(tmp_path):
+def test_development_invents_demo_secrets(tmp_path, upstream):
     app = create_app({"QCIMAGE_ENV": "development", "QCIMAGE_CACHE_DIR": str(tmp_path),
-                      "QCIMAGE_DEMO_API_KEY": "demo-key-123"})
+                      "QCIMAGE_DEMO_API_KEY": "demo-key-123", "QCIMAGE_UPSTREAM_URL": UPSTREAM})
+    add_product(upstream)
     client = app.test_client()
-    assert client.get("/api/qc-images?id=1", headers={"X-API-Key": "demo-key-123"}
-                      ).status_code != 401
+    response = client.get("/api/qc-images?id=7494645791", headers={"X-API-Key": "demo-key-123"})
+    assert response.status_code == 200
+    link = response.get_json()["images"][0]["watermarked"]
+    assert link.startswith("http://127.0.0.1:8000/api/image?") and "sig=" in link
+    assert client.get("/api/qc-images?id=1", headers={"X-API-Key": "other"}).status_code == 403
 
 
 def test_keys_cli_creates_lists_and_revokes(runner, monkeypatch):
