@@ -247,6 +247,23 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid, _metrics_dir)
 
 
+def on_starting(server):
+    """Check qcimage's configuration once, in the master, before any worker is forked.
+
+    Otherwise every worker fails on its own, each with a traceback, and gunicorn keeps
+    restarting them. Imported here, not at the top: this file must load without the app.
+    Another WSGI app run with this file (the tests' hello app) is not ours to check.
+    """
+    if getattr(server.app, "app_uri", None) != wsgi_app:
+        return
+    from qcimage import startup_report
+
+    report = startup_report()
+    if report:
+        on_exit(server)
+        raise SystemExit(report)
+
+
 def on_exit(server):
     if not _env("QCIMAGE_METRICS_DIR"):
         shutil.rmtree(_metrics_dir, ignore_errors=True)
