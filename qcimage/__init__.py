@@ -203,6 +203,7 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from .cli import keys_cli
+    from .cli import keys_cli, secrets_cli
 
     app.cli.add_command(keys_cli)
+    app.cli.add_command(secrets_cli)

@@ -99,6 +99,11 @@ class Settings:
         return self.env == "production"
 
 
+def new_signing_key() -> str:
+    """A fresh secret for QCIMAGE_SIGNING_KEYS: 32 random bytes, URL-safe (43 characters)."""
+    return secrets.token_urlsafe(32)
+
+
 def hash_api_key(key: str) -> str:
     """The SHA-256 hex digest that ``QCIMAGE_API_KEYS`` stores for a client key."""
     import hashlib
@@ -259,7 +264,7 @@ def _development_secrets(reader: _Reader, directory: Path | None) -> dict[str, s
     refuse the links and keys of the others. No directory: fresh ones, this process only.
     """
     fresh = {"api_key": "demo-" + secrets.token_urlsafe(18),
-             "signing_key": secrets.token_urlsafe(32)}
+             "signing_key": new_signing_key()}
     if directory is None:
         return fresh
     path = directory / DEVELOPMENT_SECRETS_FILE
