@@ -69,12 +69,18 @@ def qc_images():
     if not ids:
         raise APIError(404, "no_images", f"product {product} on {platform} has no QC images")
     link = link_maker(args["quality"], args["format"])
-    images = [{
-        "original": image_id,
-        "watermarked": link(image_id, args["width"]),
-        "srcset": ", ".join(f"{link(image_id, w)} {w}w"
-                            for w in services.settings.srcset_widths),
-    } for image_id in ids]
+    images = []
+    for image_id in ids:
+        image = {
+            "original": image_id,
+            "watermarked": link(image_id, args["width"]),
+            "srcset": ", ".join(f"{link(image_id, w)} {w}w"
+                                for w in services.settings.srcset_widths),
+        }
+        size = services.renderer.known_size(image_id, args["width"])
+        if size:
+            image["width"], image["height"] = size
+        images.append(image)
     body = _response.dump({
         "success": True, "productId": args["id"], "storePlatform": args["storePlatform"],
         "totalImages": len(images), "images": images})

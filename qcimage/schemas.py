@@ -138,6 +138,11 @@ class ImageLinkSchema(Schema):
     original = fields.String(required=True)
     watermarked = fields.String(required=True)
     srcset = fields.String(required=True)
+    # Only once a render at this width showed them: absent, never guessed.
+    width = fields.Integer(metadata={
+        "description": "pixel width of the `watermarked` image, when a render of it is known"})
+    height = fields.Integer(metadata={
+        "description": "pixel height of the `watermarked` image, when a render of it is known"})
 
 
 class ProductResponseSchema(Schema):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import requests
+from PIL import Image
 
 from qcimage import create_app
-from tests.conftest import (API_KEY, OTHER_KEY, PRODUCT_URL, PUBLIC, add_product, key_line,
-                            query)
+from tests.conftest import (API_KEY, OTHER_KEY, PRODUCT_URL, PUBLIC, add_image, add_product,
+                            key_line, photo_bytes, query)
 
 
 def test_lookup_returns_signed_links_in_upstream_order_without_repeats(api_get, upstream):
@@ -331,3 +334,22 @@ def test_a_product_without_photos_names_itself(api_get, upstream):
     response = api_get(id="7494645791")
     assert response.status_code == 404
     assert response.get_json()["message"] == "product 7494645791 on WEIDIAN has no QC images"
+
+
+def test_lookup_gives_rendered_sizes_once_known_and_never_guesses(api_get, client, upstream):
+    add_product(upstream, ids=("n4EYdIoE", "cR-eVGrQ"))
+    add_image(upstream, photo_bytes(1600, 1200))
+    first = api_get(id="7494645791").get_json()["images"]
+    assert all("width" not in image and "height" not in image for image in first)
+    link = first[0]["watermarked"]
+    rendered = client.get(link.removeprefix(PUBLIC))
+    assert rendered.status_code == 200
+    size = Image.open(io.BytesIO(rendered.data)).size
+    assert size == (960, 720)
+    again = api_get(id="7494645791").get_json()["images"]
+    assert (again[0]["width"], again[0]["height"]) == size
+    assert "width" not in again[1]  # not rendered yet
+    # Another width or format: the size is known only for what was rendered.
+    assert "width" not in api_get(id="7494645791", width="480").get_json()["images"][0]
+    png = api_get(id="7494645791", format="png").get_json()["images"][0]
+    assert (png["width"], png["height"]) == size

@@ -100,6 +100,20 @@ class ImageRenderer:
                              job.format, str(src_width), src_format, str(src_quality)))
         return hashlib.sha256(material.encode()).hexdigest()
 
+    def _size_key(self, image_id: str, width: int) -> str:
+        # Any format or quality comes out the same size; the source asked for may not.
+        return "|".join(("d:" + PIPELINE_VERSION, image_id, str(width),
+                         str(self.source.width or width)))
+
+    def known_size(self, image_id: str, width: int) -> tuple[int, int] | None:
+        """(width, height) of ``image_id`` rendered at ``width``, once a render showed it."""
+        raw = self.cache.store.get(self._size_key(image_id, width))
+        try:
+            shown_width, shown_height = (int(n) for n in raw.decode().split("x"))
+        except (AttributeError, ValueError):
+            return None
+        return shown_width, shown_height
+
     def etag(self, job: RenderJob) -> str:
         """Strong ETag known before rendering: same inputs, same bytes."""
         return '"' + self.cache_key(job)[:40] + '"'
@@ -139,6 +153,9 @@ class ImageRenderer:
                                                                   format=job.format))
             timings["render_ms"] = (time.perf_counter() - started) * 1000
             metrics.RENDER_SECONDS.labels(job.format).observe(timings["render_ms"] / 1000)
+            # For look-ups, so pages can reserve the space before the image loads.
+            self.cache.store.set(self._size_key(job.image_id, job.width),
+                                 f"{rendered.width}x{rendered.height}".encode())
             return Entry(data=rendered.data, mime=rendered.mime)
 
         try:

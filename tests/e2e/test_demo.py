@@ -60,6 +60,13 @@ def look_up_and_fetch_everything(base: str, key: str, products, width: int | Non
         results = list(pool.map(fetch, sorted(links) * ROUNDS))
     failed = [result for result in results if result[1:] != (200, "image/webp")]
     assert failed == [], f"{len(failed)} of {len(results)} image fetches failed: {failed[:3]}"
+    # Rendered now, so look-ups know every image's size (whichever worker rendered it).
+    for product_id, platform, photos in products:
+        if photos:
+            params = {"id": product_id, "storePlatform": platform, "width": str(width or 960)}
+            images = requests.get(f"{base}/api/qc-images", params=params,
+                                  headers={"X-API-Key": key}, timeout=60).json()["images"]
+            assert all(image["width"] > 0 and image["height"] > 0 for image in images), images
     return len(results)
 
 
