@@ -353,3 +353,17 @@ def test_lookup_gives_rendered_sizes_once_known_and_never_guesses(api_get, clien
     assert "width" not in api_get(id="7494645791", width="480").get_json()["images"][0]
     png = api_get(id="7494645791", format="png").get_json()["images"][0]
     assert (png["width"], png["height"]) == size
+
+
+def test_renders_cached_before_sizes_were_kept_get_theirs_on_a_hit(api_get, client, app,
+                                                                   upstream):
+    add_product(upstream)
+    add_image(upstream, photo_bytes(1600, 1200))
+    link = api_get(id="7494645791").get_json()["images"][0]["watermarked"]
+    assert client.get(link.removeprefix(PUBLIC)).headers["X-Cache"] == "MISS"
+    renderer = app.extensions["qcimage"].renderer
+    renderer.cache.store.delete(renderer._size_key("n4EYdIoE", 960))
+    assert "width" not in api_get(id="7494645791").get_json()["images"][0]
+    assert client.get(link.removeprefix(PUBLIC)).headers["X-Cache"] == "HIT"
+    image = api_get(id="7494645791").get_json()["images"][0]
+    assert (image["width"], image["height"]) == (960, 720)
