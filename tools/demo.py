@@ -17,6 +17,13 @@ from tools.samples import PRODUCTS
 
 RUN_DIR = ROOT / "var" / "demo"
 WORKERS = 2
+# The stand-in upstream makes every source from a 5000 px original on the same CPUs as
+# the renders: on a busy laptop the first look at the demo must not be a wall of 504s.
+PATIENT_TIMEOUTS = {
+    "QCIMAGE_WORKER_TIMEOUT": "120",
+    "QCIMAGE_UPSTREAM_READ_TIMEOUT": "30",
+    "QCIMAGE_IMAGE_FETCH_TIMEOUT": "60",
+}
 
 
 def _port(preferred: int) -> int:
@@ -72,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "QCIMAGE_UPSTREAM_URL": upstream.url,
         "QCIMAGE_CACHE_DIR": cache,
         "QCIMAGE_LOG_FORMAT": "text",
+        **PATIENT_TIMEOUTS,
     }, workers=WORKERS, tmp=RUN_DIR, port=port)
     try:
         # Invented by the gunicorn master on the first start and kept with the cache, so

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tools.demo import PATIENT_TIMEOUTS
 from tools.harness import ROOT, clean_env, free_port, start_gunicorn
 from tools.samples import PRODUCTS
 
@@ -144,26 +146,70 @@ def test_make_demo_works_twice_in_a_row_on_every_worker():
         assert code == 0, "".join(demo.output)
 
 
-@pytest.mark.e2e
-def test_development_mode_with_two_workers_shares_its_invented_secrets(tmp_path, upstream):
-    # Plain `QCIMAGE_ENV=development gunicorn -w 2`: no key, no signing key given.
+@pytest.fixture
+def development_server(tmp_path, upstream):
+    """Plain `QCIMAGE_ENV=development gunicorn -w 2`: no key, no signing key given."""
     port = free_port()
     server = start_gunicorn({
         "QCIMAGE_ENV": "development", "QCIMAGE_UPSTREAM_URL": upstream.url,
         "QCIMAGE_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "QCIMAGE_CACHE_DIR": tmp_path / "cache", "QCIMAGE_LOG_FORMAT": "text",
+        **PATIENT_TIMEOUTS,
     }, workers=2, tmp=tmp_path, port=port)
-    try:
-        keys = re.findall(r"development mode: demo API key (\S+)", server.log_text())
-        # Logged by each worker as it boots; the second may still be on its way.
-        deadline = time.monotonic() + 30
-        while len(keys) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-            keys = re.findall(r"development mode: demo API key (\S+)", server.log_text())
-        assert len(keys) == 2 and len(set(keys)) == 1, keys
-        products = [(p.product_id, p.platform, len(p.image_ids)) for p in PRODUCTS.values()]
-        look_up_and_fetch_everything(server.url, keys[0], products)
-        served = workers_serving(server.log_text(), "/api/image")
-        assert len(served) == 2, f"images served per worker {dict(served)}"
-    finally:
-        server.stop()
+    # Each worker logs the demo key as it boots; the second may still be on its way.
+    deadline = time.monotonic() + 30
+    while True:
+        server.keys = re.findall(r"development mode: demo API key (\S+)", server.log_text())
+        if len(server.keys) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    yield server
+    server.stop()
+
+
+@pytest.mark.e2e
+def test_development_mode_with_two_workers_shares_its_invented_secrets(development_server):
+    keys = development_server.keys
+    assert len(keys) == 2 and len(set(keys)) == 1, keys
+    products = [(p.product_id, p.platform, len(p.image_ids)) for p in PRODUCTS.values()]
+    look_up_and_fetch_everything(development_server.url, keys[0], products)
+    served = workers_serving(development_server.log_text(), "/api/image")
+    assert len(served) == 2, f"images served per worker {dict(served)}"
+
+
+PAGE = """<!doctype html><title>QC photos</title><p id="result">waiting</p>{images}
+<script>
+  let loaded = 0, failed = 0;
+  const all = document.querySelectorAll("img");
+  const done = () => {{
+    if (loaded + failed === all.length)
+      document.getElementById("result").textContent = `loaded=${{loaded}} failed=${{failed}}`;
+  }};
+  all.forEach((img) => {{
+    if (img.complete) {{ img.naturalWidth ? loaded++ : failed++; return done(); }}
+    img.onload = () => {{ loaded++; done(); }};
+    img.onerror = () => {{ failed++; done(); }};
+  }});
+</script>"""
+
+
+@pytest.mark.e2e
+def test_a_browser_page_of_four_images_loads_every_one(development_server, tmp_path):
+    server, key = development_server, development_server.keys[0]
+    tags = []
+    for product_id, platform in (("684012345678", "TAOBAO"), ("1688000001", "1688")):
+        body = requests.get(f"{server.url}/api/qc-images", headers={"X-API-Key": key},
+                            params={"id": product_id, "storePlatform": platform},
+                            timeout=60).json()
+        tags += [f'<img src="{html.escape(i["watermarked"])}" '
+                 f'srcset="{html.escape(i["srcset"])}" sizes="480px" alt="">'
+                 for i in body["images"]]
+    assert len(tags) == 4
+    page = tmp_path / "page.html"
+    page.write_text(PAGE.format(images="\n".join(tags)))
+    result = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir="
+         f"{tmp_path / 'profile'}", "--virtual-time-budget=30000", "--dump-dom",
+         page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert '<p id="result">loaded=4 failed=0</p>' in result.stdout, result.stdout[-2000:]
+    assert sum(workers_serving(server.log_text(), "/api/image").values()) >= 4
