@@ -268,26 +268,34 @@ def _development_secrets(reader: _Reader, directory: Path | None) -> dict[str, s
     if directory is None:
         return fresh
     path = directory / DEVELOPMENT_SECRETS_FILE
-    if not path.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        draft = directory / f".{DEVELOPMENT_SECRETS_FILE}.{os.getpid()}"
-        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            json.dump(fresh, file)
-        try:
-            # link() fails when the file exists: the first of several workers wins, whole.
-            os.link(draft, path)
-        except FileExistsError:
-            pass
-        finally:
-            draft.unlink()
     try:
+        if not path.exists():
+            _create_whole(path, json.dumps(fresh))
         stored = json.loads(path.read_text())
         return {name: str(stored[name]) for name in fresh}
+    except OSError as error:
+        reader.errors.append(f"cannot keep development secrets in {path} ({error.strerror}): "
+                             f"set {PREFIX}CACHE_DIR to a folder this user can write")
     except (ValueError, KeyError, TypeError):
         reader.errors.append(f"{path} is damaged: delete it and development invents new "
                              "secrets")
-        return fresh
+    return fresh
+
+
+def _create_whole(path: Path, text: str) -> None:
+    """Write ``path`` readable by this user only, unless it exists; never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    try:
+        # link() fails when the file exists: the first of several workers wins, whole.
+        os.link(draft, path)
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
 
 
 def load_settings(environ: Mapping[str, str] | None = None, *,

@@ -99,3 +99,13 @@ def test_damaged_development_secrets_say_how_to_recover(tmp_path):
     (tmp_path / "development-secrets.json").write_text("{")
     with pytest.raises(ConfigError, match="development-secrets.json is damaged: delete it"):
         load_settings({"QCIMAGE_ENV": "development", "QCIMAGE_CACHE_DIR": str(tmp_path)})
+
+
+def test_an_unwritable_cache_folder_says_what_to_set(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError) as error:
+        load_settings({"QCIMAGE_ENV": "development", "QCIMAGE_CACHE_DIR": str(blocker / "c")})
+    assert error.value.problems == [
+        f"cannot keep development secrets in {blocker / 'c' / 'development-secrets.json'} "
+        "(Not a directory): set QCIMAGE_CACHE_DIR to a folder this user can write"]
