@@ -1,7 +1,9 @@
 """Gunicorn settings for qcimage; every value can be overridden by a QCIMAGE_* variable.
 
 Run with ``gunicorn -c gunicorn.conf.py`` (the WSGI app ``wsgi:app`` is set below).
-Invalid values stop start-up with one line naming the variable and what it accepts.
+Invalid values stop start-up with one line naming the variable and what it accepts; the
+app's own QCIMAGE_* settings are checked once by the master (``on_starting``), which stops
+with one block listing every problem before any worker is forked.
 
 | variable                      | default                              |
 |-------------------------------|--------------------------------------|
