@@ -88,16 +88,18 @@ class Demo:
         self.output: list[str] = []
         self.ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
-        if not self.ready.wait(240):
+        self.ready.wait(240)
+        self.banner = "".join(self.output)
+        if "Press Ctrl-C to stop." not in self.banner:
             self.stop()
             raise AssertionError("the demo printed no banner:\n" + "".join(self.output))
-        self.banner = "".join(self.output)
 
     def _read(self):
         for line in self.process.stdout:
             self.output.append(line)
             if line.startswith("Press Ctrl-C to stop."):
                 self.ready.set()
+        self.ready.set()  # ended without a banner: no need to wait any longer
 
     def field(self, label: str) -> str:
         match = re.search(rf"^  {label} +(\S+)", self.banner, re.M)
