@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from flask import Flask, current_app
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .config import ConfigError, Settings, load_settings
+from .config import DEFAULT_WATERMARK_FONT, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
     from .services.cache import Store
@@ -92,17 +92,35 @@ def startup_report() -> str | None:
     instance_path = Flask(__name__, instance_relative_config=True).instance_path
     environ = _environment(None)
     try:
-        load_settings(environ, default_cache_dir=default_cache_dir(instance_path))
+        settings = load_settings(environ, default_cache_dir=default_cache_dir(instance_path))
     except ConfigError as error:
-        env = environ.get("QCIMAGE_ENV", "").strip() or "production"
-        lines = [f"qcimage cannot start (QCIMAGE_ENV={env}): "
-                 f"{len(error.problems)} problem(s) in the configuration"]
-        lines += [f"  - {problem}" for problem in error.problems]
-        lines.append("Set these QCIMAGE_* variables in the service's environment and start "
-                     "again; README 'Configuration' lists them all. Trying it out locally? "
-                     "QCIMAGE_ENV=development invents demo keys.")
-        return "\n".join(lines)
-    return None
+        problems = error.problems
+    else:
+        problems = _unreadable_watermark_files(settings)
+    if not problems:
+        return None
+    env = environ.get("QCIMAGE_ENV", "").strip() or "production"
+    lines = [f"qcimage cannot start (QCIMAGE_ENV={env}): "
+             f"{len(problems)} problem(s) in the configuration"]
+    lines += [f"  - {problem}" for problem in problems]
+    lines.append("Set these QCIMAGE_* variables in the service's environment and start "
+                 "again; README 'Configuration' lists them all. Trying it out locally? "
+                 "QCIMAGE_ENV=development invents demo keys.")
+    return "\n".join(lines)
+
+
+def _unreadable_watermark_files(settings: Settings) -> list[str]:
+    # Each worker checks the files with ImageMagick too; a missing one is the common case
+    # (no fonts-dejavu-core) and is said here once instead of in a traceback per worker.
+    problems = []
+    for layer in settings.watermark:
+        name, path = ("WATERMARK_LOGOS", layer.logo) if layer.logo else ("WATERMARK_FONT",
+                                                                         layer.font)
+        if not (path.is_file() and os.access(path, os.R_OK)):
+            problems.append(f"QCIMAGE_{name}: {path} is not a readable file"
+                            + (" (Debian's fonts-dejavu-core installs the default font)"
+                               if path == DEFAULT_WATERMARK_FONT else ""))
+    return problems
 
 
 def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:

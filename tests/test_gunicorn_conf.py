@@ -279,3 +279,16 @@ def test_the_masters_check_imports_no_imagemagick_and_skips_other_apps(tmp_path)
     assert result.stdout.split("\n")[:2] == ["False", "[]"]
     # Development's secrets are made once, by the master, for the workers to read.
     assert (tmp_path / "cache" / "development-secrets.json").is_file()
+
+
+def test_the_master_names_a_missing_watermark_file_once(tmp_path):
+    missing = tmp_path / "missing.ttf"
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONF],
+        cwd=ROOT, env=clean_env(HOME=tmp_path, QCIMAGE_BIND=f"127.0.0.1:{free_port()}",
+                                QCIMAGE_ENV="development", QCIMAGE_CACHE_DIR=tmp_path / "cache",
+                                QCIMAGE_WATERMARK_FONT=missing),
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "Booting worker" not in result.stderr
+    assert result.stderr.count(f"QCIMAGE_WATERMARK_FONT: {missing} is not a readable file") == 1
