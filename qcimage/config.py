@@ -32,9 +32,9 @@ DEVELOPMENT_SECRETS_FILE = "development-secrets.json"
 class ConfigError(ValueError):
     """The environment does not describe a service that can start; ``problems`` lists why."""
 
-    def __init__(self, problems: list[str]):
-        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
-        self.problems = problems
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(self.problems))
 
 
 @dataclass(frozen=True)

@@ -109,3 +109,8 @@ def test_an_unwritable_cache_folder_says_what_to_set(tmp_path):
     assert error.value.problems == [
         f"cannot keep development secrets in {blocker / 'c' / 'development-secrets.json'} "
         "(Not a directory): set QCIMAGE_CACHE_DIR to a folder this user can write"]
+
+
+def test_a_config_error_lists_its_problems_one_per_line():
+    assert ConfigError("one thing").problems == ["one thing"]
+    assert str(ConfigError(["a", "b"])) == "invalid configuration:\n  - a\n  - b"
