@@ -6,9 +6,11 @@ PYTHON ?= python3
 FUZZ_EXAMPLES ?= 5000
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Debian packages: ImageMagick's library for Wand, the font the watermark uses, and the
-# real servers the end-to-end tests start (Redis, nginx) plus openssl for nginx's test cert.
+# real servers the end-to-end tests start (Redis, nginx) plus openssl for nginx's test cert,
+# Node.js, which runs the README's JavaScript example against a live server, and Chromium,
+# which loads a page of demo images the way a person does.
 APT_PACKAGES := python3 python3-venv libmagickwand-6.q16-6 imagemagick fonts-dejavu-core redis-server nginx-light \
-                openssl wrk procps
+                openssl wrk procps nodejs chromium
 
 .DEFAULT_GOAL := help
 .PHONY: help system-deps venv lint test test-fast fuzz demo bench clean

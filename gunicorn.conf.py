@@ -1,7 +1,9 @@
 """Gunicorn settings for qcimage; every value can be overridden by a QCIMAGE_* variable.
 
 Run with ``gunicorn -c gunicorn.conf.py`` (the WSGI app ``wsgi:app`` is set below).
-Invalid values stop start-up with one line naming the variable and what it accepts.
+Invalid values stop start-up with one line naming the variable and what it accepts; the
+app's own QCIMAGE_* settings are checked once by the master (``on_starting``), which stops
+with one block listing every problem before any worker is forked.
 
 | variable                      | default                              |
 |-------------------------------|--------------------------------------|
@@ -245,6 +247,23 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid, _metrics_dir)
+
+
+def on_starting(server):
+    """Check qcimage's configuration once, in the master, before any worker is forked.
+
+    Otherwise every worker fails on its own, each with a traceback, and gunicorn keeps
+    restarting them. Imported here, not at the top: this file must load without the app.
+    Another WSGI app run with this file (the tests' hello app) is not ours to check.
+    """
+    if getattr(server.app, "app_uri", None) != wsgi_app:
+        return
+    from qcimage import startup_report
+
+    report = startup_report()
+    if report:
+        on_exit(server)
+        raise SystemExit(report)
 
 
 def on_exit(server):

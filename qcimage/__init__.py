@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from flask import Flask, current_app
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .config import ConfigError, Settings, load_settings
+from .config import DEFAULT_WATERMARK_FONT, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
     from .services.cache import Store
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .services.signing import Signer
     from .services.upstream import DoppelClient
 
-__all__ = ["create_app", "ConfigError", "current_services"]
+__all__ = ["create_app", "ConfigError", "current_services", "startup_report"]
 log = logging.getLogger(__name__)
 
 
@@ -44,7 +44,8 @@ def current_services() -> Services:
 def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     """Build the app. ``test_config`` replaces the environment (``QCIMAGE_*`` names)."""
     app = Flask(__name__, instance_relative_config=True)
-    settings = load_settings(_environment(test_config))
+    settings = load_settings(_environment(test_config),
+                             default_cache_dir=default_cache_dir(app.instance_path))
     app.config.update(
         JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=64 * 1024,
@@ -75,6 +76,51 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     if settings.demo_secrets:
         log.warning("development mode: demo API key %s", settings.demo_secrets["api_key"])
     return app
+
+
+def default_cache_dir(instance_path: str) -> Path:
+    """The cache folder when ``QCIMAGE_CACHE_DIR`` is unset."""
+    return Path(instance_path) / "cache"
+
+
+def startup_report() -> str | None:
+    """The configuration's problems as one block for a person, or None when it can start.
+
+    For the gunicorn master, which checks once before forking: it reads what
+    create_app reads and builds nothing (no ImageMagick in the master).
+    """
+    instance_path = Flask(__name__, instance_relative_config=True).instance_path
+    environ = _environment(None)
+    try:
+        settings = load_settings(environ, default_cache_dir=default_cache_dir(instance_path))
+    except ConfigError as error:
+        problems = error.problems
+    else:
+        problems = _unreadable_watermark_files(settings)
+    if not problems:
+        return None
+    env = environ.get("QCIMAGE_ENV", "").strip() or "production"
+    lines = [f"qcimage cannot start (QCIMAGE_ENV={env}): "
+             f"{len(problems)} problem(s) in the configuration"]
+    lines += [f"  - {problem}" for problem in problems]
+    lines.append("Set these QCIMAGE_* variables in the service's environment and start "
+                 "again; README 'Configuration' lists them all. Trying it out locally? "
+                 "QCIMAGE_ENV=development invents demo keys.")
+    return "\n".join(lines)
+
+
+def _unreadable_watermark_files(settings: Settings) -> list[str]:
+    # Each worker checks the files with ImageMagick too; a missing one is the common case
+    # (no fonts-dejavu-core) and is said here once instead of in a traceback per worker.
+    problems = []
+    for layer in settings.watermark:
+        name, path = ("WATERMARK_LOGOS", layer.logo) if layer.logo else ("WATERMARK_FONT",
+                                                                         layer.font)
+        if not (path.is_file() and os.access(path, os.R_OK)):
+            problems.append(f"QCIMAGE_{name}: {path} is not a readable file"
+                            + (" (Debian's fonts-dejavu-core installs the default font)"
+                               if path == DEFAULT_WATERMARK_FONT else ""))
+    return problems
 
 
 def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -108,7 +154,8 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
                            webp_method=settings.webp_method)
     # A missing font or logo stops the worker from booting instead of failing each image.
     engine.check_watermark()
-    store = DiskStore(settings.cache_dir or instance_path / "cache", settings.cache_max_bytes)
+    store = DiskStore(settings.cache_dir or default_cache_dir(str(instance_path)),
+                      settings.cache_max_bytes)
     redis_client = None
     if settings.redis_url:
         shared = RedisStore(settings.redis_url)
@@ -174,6 +221,7 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from .cli import keys_cli
+    from .cli import keys_cli, secrets_cli
 
     app.cli.add_command(keys_cli)
+    app.cli.add_command(secrets_cli)

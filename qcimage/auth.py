@@ -66,8 +66,13 @@ def require_api_key() -> None:
                        "send the X-API-Key header instead")
     key = presented_key()
     if key is None:
-        raise APIError(401, "api_key_missing", "an API key is required: send the X-API-Key "
-                       "header", headers={"WWW-Authenticate": 'Bearer realm="qcimage"'})
+        message = "an API key is required: send the X-API-Key header"
+        if request.headers.get("Authorization", "").strip():
+            message = ("the Authorization header needs the Bearer scheme: send "
+                       "'Authorization: Bearer <key>', or the key alone in the X-API-Key "
+                       "header")
+        raise APIError(401, "api_key_missing", message,
+                       headers={"WWW-Authenticate": 'Bearer realm="qcimage"'})
     name = request_key_name()
     if name is None:
         raise APIError(403, "api_key_invalid", "the API key is not valid")

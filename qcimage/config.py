@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import secrets
@@ -25,8 +26,15 @@ DEFAULT_WATERMARK_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.
 DEFAULT_WATERMARK_TEXT = "qcimage"
 
 
+DEVELOPMENT_SECRETS_FILE = "development-secrets.json"
+
+
 class ConfigError(ValueError):
-    """The environment does not describe a service that can start."""
+    """The environment does not describe a service that can start; ``problems`` lists why."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(self.problems))
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,11 @@ class Settings:
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+
+def new_signing_key() -> str:
+    """A fresh secret for QCIMAGE_SIGNING_KEYS: 32 random bytes, URL-safe (43 characters)."""
+    return secrets.token_urlsafe(32)
 
 
 def hash_api_key(key: str) -> str:
@@ -237,8 +250,60 @@ def _check_url(reader: _Reader, name: str, value: str | None) -> str | None:
     return value.rstrip("/")
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate the settings; raise ConfigError listing every problem."""
+_WHAT_TO_SET = {
+    "API_KEYS": "run `qcimage keys create NAME` and set the line it prints",
+    "SIGNING_KEYS": "run `qcimage secrets signing-key` and set the line it prints",
+    "PUBLIC_URL": "the base URL browsers reach this service at, e.g. https://qc.example.com",
+}
+
+
+def _development_secrets(reader: _Reader, directory: Path | None) -> dict[str, str]:
+    """The demo API key and signing key kept in ``directory``, made by the first caller.
+
+    Workers are forked without the app, so each would otherwise invent its own and
+    refuse the links and keys of the others. No directory: fresh ones, this process only.
+    """
+    fresh = {"api_key": "demo-" + secrets.token_urlsafe(18),
+             "signing_key": new_signing_key()}
+    if directory is None:
+        return fresh
+    path = directory / DEVELOPMENT_SECRETS_FILE
+    try:
+        if not path.exists():
+            _create_whole(path, json.dumps(fresh))
+        stored = json.loads(path.read_text())
+        return {name: str(stored[name]) for name in fresh}
+    except OSError as error:
+        reader.errors.append(f"cannot keep development secrets in {path} ({error.strerror}): "
+                             f"set {PREFIX}CACHE_DIR to a folder this user can write")
+    except (ValueError, KeyError, TypeError):
+        reader.errors.append(f"{path} is damaged: delete it and development invents new "
+                             "secrets")
+    return fresh
+
+
+def _create_whole(path: Path, text: str) -> None:
+    """Write ``path`` readable by this user only, unless it exists; never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    try:
+        # link() fails when the file exists: the first of several workers wins, whole.
+        os.link(draft, path)
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *,
+                  default_cache_dir: Path | None = None) -> Settings:
+    """Read and validate the settings; raise ConfigError listing every problem.
+
+    ``default_cache_dir`` is the cache folder when ``QCIMAGE_CACHE_DIR`` is unset.
+    """
     reader = _Reader(os.environ if environ is None else environ)
     env = reader.choice("ENV", "production", ("production", "development"))
     api_keys = _parse_api_keys(reader)
@@ -246,22 +311,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     public_url = _check_url(reader, "PUBLIC_URL", reader.str("PUBLIC_URL", None))
     demo: dict[str, str] = {}
 
+    cache_dir = reader.path("CACHE_DIR", default_cache_dir)
+
     if env == "production":
-        missing = [f"{PREFIX}{name}" for name, value in (
-            ("API_KEYS", api_keys), ("SIGNING_KEYS", signing_keys), ("PUBLIC_URL", public_url))
-            if not value]
-        if missing:
-            reader.errors.append(
-                "production needs " + ", ".join(missing) + " (see README 'Configuration'; "
-                f"set {PREFIX}ENV=development for a local demo with generated ones)")
+        for name, value in (("API_KEYS", api_keys), ("SIGNING_KEYS", signing_keys),
+                            ("PUBLIC_URL", public_url)):
+            if not value:
+                reader.errors.append(f"{PREFIX}{name} is not set: {_WHAT_TO_SET[name]}")
     else:
         # Development invents what is missing and reports it, so `make demo` just works.
+        # Invented once per cache folder: every worker, and the next start, agree on them.
+        invented = _development_secrets(reader, cache_dir)
         if not api_keys:
-            demo["api_key"] = (reader.str("DEMO_API_KEY", None)
-                               or "demo-" + secrets.token_urlsafe(18))
+            demo["api_key"] = reader.str("DEMO_API_KEY", None) or invented["api_key"]
             api_keys = {hash_api_key(demo["api_key"]): "demo"}
         if not signing_keys:
-            signing_keys = (secrets.token_urlsafe(32),)
+            signing_keys = (invented["signing_key"],)
         if not public_url:
             public_url = "http://127.0.0.1:8000"
     for key in signing_keys:
@@ -278,7 +343,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         upstream_url=_check_url(reader, "UPSTREAM_URL", reader.str("UPSTREAM_URL",
                                                                    "https://doppel.fit")) or "",
         ratelimit_storage_uri=reader.str("RATELIMIT_STORAGE_URI", "memory://") or "memory://",
-        cache_dir=reader.path("CACHE_DIR", None),
+        cache_dir=cache_dir,
         redis_url=reader.str("REDIS_URL", None),
         trusted_proxies=trusted_proxies,
         cors_origins=reader.csv("CORS_ORIGINS"),
@@ -345,5 +410,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 f"{PREFIX}{name} + {PREFIX}UPSTREAM_READ_TIMEOUT + 3 s must stay under "
                 f"{PREFIX}WORKER_TIMEOUT ({settings.worker_timeout} s)")
     if reader.errors:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(reader.errors))
+        raise ConfigError(reader.errors)
     return settings

@@ -41,7 +41,7 @@ def configure_logging(app: Flask, log_format: str) -> None:
                            "process": "pid"}))
     else:
         handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"))
+            "%(asctime)s %(levelname)-7s %(name)s %(process)d [%(request_id)s] %(message)s"))
     handler.addFilter(_RequestContextFilter())
     # Libraries whose warnings operators need (storage fallbacks, circuit changes) log
     # through the same handler, so every line has one format.

@@ -10,7 +10,8 @@ from .auth import request_key_name, require_api_key
 from .errors import APIError
 from . import current_services
 from .extensions import client_ip, limiter
-from .schemas import ProductQuerySchema, ProductResponseSchema, load_query
+from .schemas import PLATFORMS, ProductQuerySchema, ProductResponseSchema, load_query
+from .services.upstream import UpstreamNotFound
 
 bp = Blueprint("products", __name__)
 bp.before_request(require_api_key)
@@ -58,16 +59,28 @@ def link_maker(quality: int, fmt: str):
 def qc_images():
     args = load_query(_query, request.args)
     services = current_services()
-    ids, g.cache_status = services.lookup.image_ids(args["id"], args["storePlatform"])
+    product, platform = args["id"], args["storePlatform"]
+    try:
+        ids, g.cache_status = services.lookup.image_ids(product, platform)
+    except UpstreamNotFound:
+        others = ", ".join(p for p in PLATFORMS if p != platform)
+        raise APIError(404, "not_found", f"product {product} was not found on {platform}; "
+                       f"if it is listed elsewhere, set storePlatform ({others})") from None
     if not ids:
-        raise APIError(404, "no_images", "this product has no QC images")
+        raise APIError(404, "no_images", f"product {product} on {platform} has no QC images")
     link = link_maker(args["quality"], args["format"])
-    images = [{
-        "original": image_id,
-        "watermarked": link(image_id, args["width"]),
-        "srcset": ", ".join(f"{link(image_id, w)} {w}w"
-                            for w in services.settings.srcset_widths),
-    } for image_id in ids]
+    images = []
+    for image_id in ids:
+        image = {
+            "original": image_id,
+            "watermarked": link(image_id, args["width"]),
+            "srcset": ", ".join(f"{link(image_id, w)} {w}w"
+                                for w in services.settings.srcset_widths),
+        }
+        size = services.renderer.known_size(image_id, args["width"])
+        if size:
+            image["width"], image["height"] = size
+        images.append(image)
     body = _response.dump({
         "success": True, "productId": args["id"], "storePlatform": args["storePlatform"],
         "totalImages": len(images), "images": images})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 
 from marshmallow import (RAISE, Schema, ValidationError, fields, post_load, pre_load, validate,
@@ -51,8 +52,8 @@ class QuerySchema(Schema):
 
 class ProductQuerySchema(QuerySchema):
     id = fields.String(required=True, validate=validate.Regexp(_ID),
-                       metadata={"rule": "is required: 1-50 letters, digits, '_' or '-'",
-                                 "example": "7494645791"})
+                       metadata={"rule": "may only contain letters, digits, '_' and '-' "
+                                         "(1-50 characters)", "example": "7494645791"})
     storePlatform = fields.String(
         load_default="WEIDIAN",
         metadata={"rule": "must be one of " + ", ".join(PLATFORMS), "enum": list(PLATFORMS)})
@@ -85,8 +86,9 @@ class ImageQuerySchema(QuerySchema):
     """The public image URL. Values stay exactly as sent so the signature covers them."""
 
     url = fields.String(required=True, validate=validate.Regexp(_IMAGE_ID),
-                        metadata={"rule": "is required: an image id, 1-64 letters, digits, "
-                                          "'_' or '-'", "example": "n4EYdIoE"})
+                        metadata={"rule": "is an image id: it may only contain letters, "
+                                          "digits, '_' and '-' (1-64 characters)",
+                                  "example": "n4EYdIoE"})
     width = CanonicalInteger(100, 2000, load_default=960)
     quality = CanonicalInteger(1, 100, load_default=80)
     format = fields.String(
@@ -98,18 +100,35 @@ class ImageQuerySchema(QuerySchema):
                         metadata={"rule": "must be the signature returned with the URL"})
 
 
+_HTML_ESCAPED = "amp;"
+
+
+def _unknown_parameter(name: str, known: list[str]) -> str:
+    if name.startswith(_HTML_ESCAPED):
+        return (f"{name} is not a known parameter: the link was copied from HTML source, "
+                "where & is written &amp;. Replace each &amp; with & (or copy the link "
+                "as the look-up's JSON or the page shows it)")
+    by_lower = {field.lower(): field for field in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.75)
+    hint = f"; did you mean {by_lower[close[0]]}?" if close else ""
+    return f"{name} is not a known parameter{hint}"
+
+
 def load_query(schema: Schema, args: MultiDict) -> dict:
     """Validate a query string or raise the 400 that explains the first problem."""
     try:
         return schema.load(args)
     except ValidationError as error:
         messages = error.messages if isinstance(error.messages, dict) else {"_": error.messages}
-        name = sorted(messages)[0]
+        # A link mangled by HTML escaping breaks every parameter: say that, once.
+        name = min(messages, key=lambda n: (not n.startswith(_HTML_ESCAPED), n))
         field = schema.fields.get(name)
         if field is None:
-            message = f"{name} is not a known parameter"
+            message = _unknown_parameter(name, list(schema.fields))
         elif messages[name] == ["Parameter given more than once."]:
             message = f"{name} given more than once"
+        elif messages[name] == [field.error_messages["required"]]:
+            message = f"{name} is required"
         else:
             message = f"{name} {field.metadata.get('rule', 'is invalid')}"
         raise APIError(400, "validation_failed", message, details=messages) from None
@@ -119,6 +138,11 @@ class ImageLinkSchema(Schema):
     original = fields.String(required=True)
     watermarked = fields.String(required=True)
     srcset = fields.String(required=True)
+    # Only once a render at this width showed them: absent, never guessed.
+    width = fields.Integer(metadata={
+        "description": "pixel width of the `watermarked` image, when a render of it is known"})
+    height = fields.Integer(metadata={
+        "description": "pixel height of the `watermarked` image, when a render of it is known"})
 
 
 class ProductResponseSchema(Schema):

@@ -96,17 +96,17 @@ def test_development_invents_demo_secrets(tmp_path, upstream):
 def test_keys_cli_creates_lists_and_revokes(runner, monkeypatch):
     created = runner.invoke(args=["keys", "create", "shop"])
     assert created.exit_code == 0
-    key = created.output.split(": ", 1)[1].splitlines()[0].strip()
-    line = created.output.strip().splitlines()[-1]
+    key = created.stderr.split(": ", 1)[1].splitlines()[0].strip()
+    line = created.stdout.strip()
     assert line.startswith("QCIMAGE_API_KEYS=shop:")
     import hashlib
     assert hashlib.sha256(key.encode()).hexdigest() in line
     monkeypatch.setenv("QCIMAGE_API_KEYS", line.split("=", 1)[1] + ",other:" + "0" * 64)
     listed = runner.invoke(args=["keys", "list"])
-    assert listed.output.split() == ["shop", "other"]
+    assert listed.stdout.split() == ["shop", "other"]
     assert key not in listed.output
     revoked = runner.invoke(args=["keys", "revoke", "shop"])
-    assert revoked.output.strip() == "QCIMAGE_API_KEYS=other:" + "0" * 64
+    assert revoked.stdout.strip() == "QCIMAGE_API_KEYS=other:" + "0" * 64
 
 
 def test_readiness_reports_the_imagemagick_policy(client):

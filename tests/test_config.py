@@ -79,3 +79,38 @@ def test_force_https_defaults_on_only_behind_a_proxy_in_production(env):
     assert load_settings(env).force_https is True
     env["QCIMAGE_FORCE_HTTPS"] = "false"
     assert load_settings(env).force_https is False
+
+
+def test_development_secrets_are_made_once_per_cache_folder(tmp_path):
+    env = {"QCIMAGE_ENV": "development", "QCIMAGE_CACHE_DIR": str(tmp_path / "a")}
+    first, again = load_settings(env), load_settings(env)
+    assert first.signing_keys == again.signing_keys
+    assert first.api_keys == again.api_keys and first.demo_secrets == again.demo_secrets
+    assert (tmp_path / "a" / "development-secrets.json").stat().st_mode & 0o077 == 0
+    other = load_settings({**env, "QCIMAGE_CACHE_DIR": str(tmp_path / "b")})
+    assert other.signing_keys != first.signing_keys
+    # A key given in the environment wins over the invented one.
+    given = load_settings({**env, "QCIMAGE_DEMO_API_KEY": "demo-mine"})
+    assert given.demo_secrets == {"api_key": "demo-mine"}
+    assert given.signing_keys == first.signing_keys
+
+
+def test_damaged_development_secrets_say_how_to_recover(tmp_path):
+    (tmp_path / "development-secrets.json").write_text("{")
+    with pytest.raises(ConfigError, match="development-secrets.json is damaged: delete it"):
+        load_settings({"QCIMAGE_ENV": "development", "QCIMAGE_CACHE_DIR": str(tmp_path)})
+
+
+def test_an_unwritable_cache_folder_says_what_to_set(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError) as error:
+        load_settings({"QCIMAGE_ENV": "development", "QCIMAGE_CACHE_DIR": str(blocker / "c")})
+    assert error.value.problems == [
+        f"cannot keep development secrets in {blocker / 'c' / 'development-secrets.json'} "
+        "(Not a directory): set QCIMAGE_CACHE_DIR to a folder this user can write"]
+
+
+def test_a_config_error_lists_its_problems_one_per_line():
+    assert ConfigError("one thing").problems == ["one thing"]
+    assert str(ConfigError(["a", "b"])) == "invalid configuration:\n  - a\n  - b"

@@ -13,7 +13,7 @@ import pytest
 import requests
 from gunicorn.config import Config
 
-from tools.harness import GUNICORN_CONF, ROOT, clean_env, start_gunicorn
+from tools.harness import GUNICORN_CONF, ROOT, clean_env, free_port, start_gunicorn
 
 ENV_NAMES = (
     "QCIMAGE_BIND", "QCIMAGE_WORKERS", "QCIMAGE_THREADS", "QCIMAGE_WORKER_TIMEOUT",
@@ -162,7 +162,7 @@ def test_gunicorn_accepts_every_value_and_knows_every_name(load_conf):
     config = Config()
     hooks = {name for name, value in settings(conf).items()
              if callable(value) and not isinstance(value, type)}
-    assert hooks == {"child_exit", "on_exit"}
+    assert hooks == {"child_exit", "on_exit", "on_starting"}
     assert ours == set(settings(conf)) - hooks
     for name, value in settings(conf).items():
         config.set(name, value)
@@ -235,3 +235,60 @@ def test_workers_share_one_fresh_metrics_folder(load_conf, tmp_path):
     assert os.path.isdir(fresh._metrics_dir)
     fresh.on_exit(None)
     assert not os.path.exists(fresh._metrics_dir)
+
+
+def test_the_master_refuses_a_bad_configuration_in_one_block_before_forking(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONF],
+        cwd=ROOT, env=clean_env(HOME=tmp_path, QCIMAGE_BIND=f"127.0.0.1:{free_port()}",
+                                QCIMAGE_WORKERS="2", QCIMAGE_TRUSTED_PROXIES="many"),
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "Booting worker" not in result.stderr
+    block = result.stderr[result.stderr.index("qcimage cannot start"):].strip().splitlines()
+    assert block == [
+        "qcimage cannot start (QCIMAGE_ENV=production): 4 problem(s) in the configuration",
+        "  - QCIMAGE_API_KEYS is not set: run `qcimage keys create NAME` and set the line "
+        "it prints",
+        "  - QCIMAGE_SIGNING_KEYS is not set: run `qcimage secrets signing-key` and set the "
+        "line it prints",
+        "  - QCIMAGE_PUBLIC_URL is not set: the base URL browsers reach this service at, "
+        "e.g. https://qc.example.com",
+        "  - QCIMAGE_TRUSTED_PROXIES must be an integer, got 'many'",
+        "Set these QCIMAGE_* variables in the service's environment and start again; README "
+        "'Configuration' lists them all. Trying it out locally? QCIMAGE_ENV=development "
+        "invents demo keys.",
+    ]
+
+
+def test_the_masters_check_imports_no_imagemagick_and_skips_other_apps(tmp_path):
+    probe = (
+        "import runpy, sys, types\n"
+        f"conf = runpy.run_path({str(GUNICORN_CONF)!r})\n"
+        "conf['on_starting'](types.SimpleNamespace(app=types.SimpleNamespace(app_uri='x:app')))\n"
+        "print('qcimage' in sys.modules)\n"
+        "conf['on_starting'](types.SimpleNamespace(app=types.SimpleNamespace("
+        "app_uri='wsgi:app')))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'wand'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60,
+                            env=clean_env(QCIMAGE_ENV="development",
+                                          QCIMAGE_CACHE_DIR=tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["False", "[]"]
+    # Development's secrets are made once, by the master, for the workers to read.
+    assert (tmp_path / "cache" / "development-secrets.json").is_file()
+
+
+def test_the_master_names_a_missing_watermark_file_once(tmp_path):
+    missing = tmp_path / "missing.ttf"
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONF],
+        cwd=ROOT, env=clean_env(HOME=tmp_path, QCIMAGE_BIND=f"127.0.0.1:{free_port()}",
+                                QCIMAGE_ENV="development", QCIMAGE_CACHE_DIR=tmp_path / "cache",
+                                QCIMAGE_WATERMARK_FONT=missing),
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "Booting worker" not in result.stderr
+    assert result.stderr.count(f"QCIMAGE_WATERMARK_FONT: {missing} is not a readable file") == 1

@@ -214,3 +214,20 @@ def test_images_are_rate_limited_per_client_ip(env, upstream, jpeg_source):
     assert "Retry-After" in limited.headers
     other = client.get(url, environ_overrides={"REMOTE_ADDR": "10.9.9.9"})
     assert other.status_code == 200
+
+
+def test_a_link_copied_from_html_source_says_so(client):
+    url = signed(base()).replace("&", "&amp;")
+    response = client.get(url)
+    assert response.status_code == 400
+    assert response.get_json()["message"] == (
+        "amp;expires is not a known parameter: the link was copied from HTML source, where & "
+        "is written &amp;. Replace each &amp; with & (or copy the link as the look-up's JSON "
+        "or the page shows it)")
+
+
+def test_an_image_id_with_a_space_says_what_an_id_may_contain(client):
+    response = client.get(signed(base(url="n4EY dIoE")))
+    assert response.status_code == 400
+    assert response.get_json()["message"] == (
+        "url is an image id: it may only contain letters, digits, '_' and '-' (1-64 characters)")

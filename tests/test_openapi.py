@@ -245,3 +245,11 @@ def test_api_routes_keep_the_strict_csp(client):
         "default-src 'none'")
     response = client.get("/api/qc-images", headers={"X-API-Key": API_KEY})
     assert response.headers["Content-Security-Policy"].startswith("default-src 'none'")
+
+
+def test_lookup_images_document_their_optional_rendered_size(spec):
+    link = spec["components"]["schemas"]["ImageLink"]
+    assert link["properties"]["width"]["type"] == "integer"
+    assert link["properties"]["height"]["type"] == "integer"
+    assert "when a render of it is known" in link["properties"]["width"]["description"]
+    assert sorted(link["required"]) == ["original", "srcset", "watermarked"]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import requests
+from PIL import Image
 
 from qcimage import create_app
-from tests.conftest import (API_KEY, OTHER_KEY, PRODUCT_URL, PUBLIC, add_product, key_line,
-                            query)
+from tests.conftest import (API_KEY, OTHER_KEY, PRODUCT_URL, PUBLIC, add_image, add_product,
+                            key_line, photo_bytes, query)
 
 
 def test_lookup_returns_signed_links_in_upstream_order_without_repeats(api_get, upstream):
@@ -272,3 +275,95 @@ def test_lookup_cache_outcome_is_logged(api_get, upstream, caplog):
         api_get(id="7494645791")
     outcomes = [r.cache for r in caplog.records if r.name == "qcimage.access"]
     assert outcomes == ["miss", "hit"]
+
+
+def test_authorization_without_bearer_says_how_to_send_the_key(api_get):
+    response = api_get(key=None, headers={"Authorization": API_KEY})
+    assert response.status_code == 401
+    assert response.get_json()["error"] == "api_key_missing"
+    assert response.get_json()["message"] == (
+        "the Authorization header needs the Bearer scheme: send 'Authorization: Bearer <key>', "
+        "or the key alone in the X-API-Key header")
+    assert api_get(key=None, headers={"Authorization": f"Bearer {API_KEY}"}).status_code != 401
+
+
+@pytest.mark.parametrize("product_id", ["749 4645791", "7494645791 ", "74946/45791"])
+def test_an_id_with_spaces_says_what_an_id_may_contain(api_get, product_id):
+    response = api_get(id=product_id)
+    assert response.status_code == 400
+    assert response.get_json()["message"] == (
+        "id may only contain letters, digits, '_' and '-' (1-50 characters)")
+
+
+def test_a_missing_id_is_required(api_get):
+    assert api_get().get_json()["message"] == "id is required"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("storeplatform", "storeplatform is not a known parameter; did you mean storePlatform?"),
+    ("store_platform", "store_platform is not a known parameter; did you mean storePlatform?"),
+    ("widht", "widht is not a known parameter; did you mean width?"),
+    ("colour", "colour is not a known parameter"),
+])
+def test_an_unknown_parameter_suggests_the_close_spelling(api_get, name, message):
+    response = api_get(id="7494645791", **{name: "x"})
+    assert response.status_code == 400
+    assert response.get_json()["message"] == message
+
+
+def test_a_lookup_url_copied_from_html_source_says_so(client):
+    response = client.get("/api/qc-images?id=7494645791&amp;storePlatform=TAOBAO",
+                          headers={"X-API-Key": API_KEY})
+    assert response.status_code == 400
+    assert response.get_json()["message"].startswith(
+        "amp;storePlatform is not a known parameter: the link was copied from HTML source")
+
+
+def test_a_product_not_found_names_the_platform_searched(api_get, upstream):
+    upstream.get(PRODUCT_URL, status=404, json={"success": False})
+    response = api_get(id="7494645791", storePlatform="taobao")
+    assert response.status_code == 404
+    assert response.get_json() | {"requestId": None} == {
+        "success": False, "error": "not_found", "requestId": None,
+        "message": "product 7494645791 was not found on TAOBAO; if it is listed elsewhere, "
+                   "set storePlatform (WEIDIAN, 1688, TMALL)"}
+
+
+def test_a_product_without_photos_names_itself(api_get, upstream):
+    add_product(upstream, ids=())
+    response = api_get(id="7494645791")
+    assert response.status_code == 404
+    assert response.get_json()["message"] == "product 7494645791 on WEIDIAN has no QC images"
+
+
+def test_lookup_gives_rendered_sizes_once_known_and_never_guesses(api_get, client, upstream):
+    add_product(upstream, ids=("n4EYdIoE", "cR-eVGrQ"))
+    add_image(upstream, photo_bytes(1600, 1200))
+    first = api_get(id="7494645791").get_json()["images"]
+    assert all("width" not in image and "height" not in image for image in first)
+    link = first[0]["watermarked"]
+    rendered = client.get(link.removeprefix(PUBLIC))
+    assert rendered.status_code == 200
+    size = Image.open(io.BytesIO(rendered.data)).size
+    assert size == (960, 720)
+    again = api_get(id="7494645791").get_json()["images"]
+    assert (again[0]["width"], again[0]["height"]) == size
+    assert "width" not in again[1]  # not rendered yet
+    # Another width or format: the size is known only for what was rendered.
+    assert "width" not in api_get(id="7494645791", width="480").get_json()["images"][0]
+    png = api_get(id="7494645791", format="png").get_json()["images"][0]
+    assert (png["width"], png["height"]) == size
+
+
+def test_renders_cached_before_sizes_were_kept_get_theirs_on_a_hit(api_get, client, app,
+                                                                   upstream):
+    add_product(upstream)
+    add_image(upstream, photo_bytes(1600, 1200))
+    link = api_get(id="7494645791").get_json()["images"][0]["watermarked"]
+    assert client.get(link.removeprefix(PUBLIC)).headers["X-Cache"] == "MISS"
+    renderer = app.extensions["qcimage"].renderer
+    renderer.cache.store.delete(renderer._size_key("n4EYdIoE", 960))
+    assert "width" not in api_get(id="7494645791").get_json()["images"][0]
+    assert client.get(link.removeprefix(PUBLIC)).headers["X-Cache"] == "HIT"
+    image = api_get(id="7494645791").get_json()["images"][0]
+    assert (image["width"], image["height"]) == (960, 720)

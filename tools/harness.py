@@ -87,6 +87,8 @@ class ManagedProcess:
     def start(self):
         if self.popen is not None and self.popen.poll() is None:
             raise RuntimeError(f"{self.name} is already running")
+        # Logs are appended to across starts: what this start printed begins here.
+        self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
                 self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
@@ -101,11 +103,13 @@ class ManagedProcess:
     def poll(self):
         return self.popen.poll()
 
-    def log_text(self):
+    def log_text(self, this_start=False):
+        """The log, or with ``this_start`` only what the current start wrote."""
         try:
-            return self.log_path.read_text(errors="replace")
+            data = self.log_path.read_bytes()
         except FileNotFoundError:
             return ""
+        return data[self.log_start if this_start else 0:].decode(errors="replace")
 
     def child_pids(self):
         """Direct children of the process, read from /proc."""
@@ -158,7 +162,7 @@ def _wait_log_line(process, pattern, timeout):
     regex = re.compile(pattern, re.M)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        match = regex.search(process.log_text())
+        match = regex.search(process.log_text(this_start=True))
         if match:
             return match
         if process.poll() is not None:
@@ -319,8 +323,8 @@ class Nginx(ManagedProcess):
 
     url = http_url = ca_bundle = None
 
-    def log_text(self):
-        logs = [super().log_text()]
+    def log_text(self, this_start=False):
+        logs = [super().log_text(this_start)]
         for name in ("error.log", "qcimage.error.log", "qcimage.access.log"):
             path = self.log_path.parent / name
             if path.exists():

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from .. import metrics
 from .cache import Entry, LookupCache, RenderCache, RenderTimeout
-from .imaging import ImagingEngine, RenderSpec, displayed_size, imagemagick_version, probe
+from .imaging import (ImagingEngine, RenderSpec, UnsupportedImage, displayed_size,
+                      imagemagick_version, probe)
 from .upstream import DoppelClient, Source, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,25 @@ class ImageRenderer:
                              job.format, str(src_width), src_format, str(src_quality)))
         return hashlib.sha256(material.encode()).hexdigest()
 
+    def _size_key(self, image_id: str, width: int) -> str:
+        # Any format or quality comes out the same size; the source asked for may not.
+        return "|".join(("d:" + PIPELINE_VERSION, image_id, str(width),
+                         str(self.source.width or width)))
+
+    def _remember_size(self, job: RenderJob, width: int, height: int) -> None:
+        # For look-ups, so pages can reserve the space before the image loads.
+        self.cache.store.set(self._size_key(job.image_id, job.width),
+                             f"{width}x{height}".encode())
+
+    def known_size(self, image_id: str, width: int) -> tuple[int, int] | None:
+        """(width, height) of ``image_id`` rendered at ``width``, once a render showed it."""
+        raw = self.cache.store.get(self._size_key(image_id, width))
+        try:
+            shown_width, shown_height = (int(n) for n in raw.decode().split("x"))
+        except (AttributeError, ValueError):
+            return None
+        return shown_width, shown_height
+
     def etag(self, job: RenderJob) -> str:
         """Strong ETag known before rendering: same inputs, same bytes."""
         return '"' + self.cache_key(job)[:40] + '"'
@@ -139,6 +159,7 @@ class ImageRenderer:
                                                                   format=job.format))
             timings["render_ms"] = (time.perf_counter() - started) * 1000
             metrics.RENDER_SECONDS.labels(job.format).observe(timings["render_ms"] / 1000)
+            self._remember_size(job, rendered.width, rendered.height)
             return Entry(data=rendered.data, mime=rendered.mime)
 
         try:
@@ -148,4 +169,12 @@ class ImageRenderer:
         metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss").inc()
         if cached:
             metrics.CACHE_BYTES.inc(len(entry.data))
+            if self.known_size(job.image_id, job.width) is None:
+                # Rendered before sizes were kept: read it off the header, once.
+                try:
+                    _, width, height = probe(entry.data)
+                except UnsupportedImage:
+                    pass  # AVIF: no header reader here; known after its next render
+                else:
+                    self._remember_size(job, width, height)
         return RenderResult(entry, cached, timings.get("upstream_ms"), timings.get("render_ms"))
