@@ -43,9 +43,9 @@ def configure_logging(app: Flask, log_format: str) -> None:
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname)-7s %(name)s %(process)d [%(request_id)s] %(message)s"))
     handler.addFilter(_RequestContextFilter())
-    # Libraries whose warnings operators need (storage fallbacks, circuit changes) log
+    # Libraries whose warnings operators need (storage fallbacks) log
     # through the same handler, so every line has one format.
-    for name in ("qcimage", "flask-limiter", "pybreaker"):
+    for name in ("qcimage", "flask-limiter"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(logging.INFO if name == "qcimage" else logging.WARNING)
