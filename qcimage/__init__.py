@@ -138,10 +138,12 @@ def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
 
 
 def build_services(settings: Settings, instance_path: Path) -> Services:
-    from .services.cache import DiskStore, LookupCache, RedisStore, RenderCache, TieredStore
+    from .services.cache import (DiskStore, LookupCache, RedisStore, RenderCache, SourceCache,
+                                 TieredStore)
     from .services.imaging import ImagingEngine, Watermark, WatermarkLayer
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
+    from .services.slots import RenderSlots
     from .services.upstream import DoppelClient, make_breaker
 
     watermark = Watermark(layers=tuple(
@@ -154,30 +156,39 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
                            webp_method=settings.webp_method)
     # A missing font or logo stops the worker from booting instead of failing each image.
     engine.check_watermark()
-    store = DiskStore(settings.cache_dir or default_cache_dir(str(instance_path)),
-                      settings.cache_max_bytes)
+    cache_dir = settings.cache_dir or default_cache_dir(str(instance_path))
+    store = DiskStore(cache_dir, settings.cache_max_bytes)
+    # Fetched sources in a folder of their own, so their byte bound is theirs alone.
+    source_store = DiskStore(cache_dir / "sources", settings.source_cache_max_bytes)
     redis_client = None
     if settings.redis_url:
         shared = RedisStore(settings.redis_url)
         redis_client = shared.client
         store = TieredStore(store, shared)
+        source_store = TieredStore(source_store, shared)
     client = DoppelClient(
         settings.upstream_url, connect_timeout=settings.upstream_connect_timeout,
         read_timeout=settings.upstream_read_timeout, lookup_deadline=settings.lookup_total_timeout,
         image_deadline=settings.image_total_timeout, max_image_bytes=settings.max_source_bytes,
-        retries=settings.upstream_retries,
+        retries=settings.upstream_retries, pool_size=settings.threads,
         breaker=make_breaker(fail_max=settings.breaker_fail_max,
                              reset_timeout=settings.breaker_reset_timeout,
                              redis_client=redis_client))
     return Services(
         settings=settings,
         signer=Signer(settings.signing_keys),
-        lookup=ProductLookup(client, LookupCache(store, ttl=settings.lookup_cache_ttl)),
+        lookup=ProductLookup(client, LookupCache(store, ttl=settings.lookup_cache_ttl,
+                                                 wait_timeout=settings.lookup_total_timeout)),
         renderer=ImageRenderer(
             client, RenderCache(store, wait_timeout=settings.render_wait_timeout), engine,
             source=SourcePolicy(settings.source_width, settings.source_format,
                                 settings.source_quality),
-            watermark_fingerprint=watermark.fingerprint()),
+            watermark_fingerprint=watermark.fingerprint(),
+            sources=SourceCache(source_store, ttl=settings.source_cache_ttl,
+                                max_bytes=settings.source_cache_max_bytes,
+                                wait_timeout=settings.image_total_timeout),
+            slots=RenderSlots(slots=settings.render_slots, queue=settings.render_queue,
+                              slot_timeout=settings.render_wait_timeout)),
         client=client,
         store=store,
     )

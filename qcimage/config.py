@@ -86,6 +86,11 @@ class Settings:
     cache_max_bytes: int
     lookup_cache_ttl: int
     render_wait_timeout: float
+    threads: int
+    render_slots: int
+    render_queue: int
+    source_cache_ttl: int
+    source_cache_max_bytes: int
     resize_filter: str
     webp_method: int
     auto_formats: tuple[str, ...]
@@ -298,6 +303,21 @@ def _create_whole(path: Path, text: str) -> None:
         draft.unlink()
 
 
+def _worker_model(reader: _Reader) -> dict:
+    """Threads (as gunicorn runs them), render slots and queue, the fetched-source cache."""
+    # gunicorn.conf.py exports the thread count it runs with; outside gunicorn, one.
+    threads = reader.int("THREADS", 1, 1, 256)
+    return dict(
+        threads=threads,
+        render_slots=reader.int("RENDER_SLOTS", 2, 1, 64),
+        # Leave threads for hits, 304s, look-ups and /health when misses pile up.
+        render_queue=reader.int("RENDER_QUEUE", max(1, threads - 8), 1, 4096),
+        source_cache_ttl=reader.int("SOURCE_CACHE_TTL", 60, 0, 3600),
+        source_cache_max_bytes=reader.int("SOURCE_CACHE_MAX_BYTES", 256 * 1024 ** 2,
+                                          16 * 1024 ** 2, 1024 ** 4),
+    )
+
+
 def load_settings(environ: Mapping[str, str] | None = None, *,
                   default_cache_dir: Path | None = None) -> Settings:
     """Read and validate the settings; raise ConfigError listing every problem.
@@ -376,6 +396,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
                                    1024 ** 4),
         lookup_cache_ttl=reader.int("LOOKUP_CACHE_TTL", 300, 0, 86400),
         render_wait_timeout=reader.float("RENDER_WAIT_TIMEOUT", 10.0, 0.1, 120),
+        **_worker_model(reader),
         resize_filter=reader.choice("RESIZE_FILTER", "area",
                                     ("area", "triangle", "lanczos", "mitchell", "catrom", "box")),
         webp_method=reader.int("WEBP_METHOD", 2, 0, 6),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Protocol
 
 import diskcache
+
+from .flight import Flight
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,13 @@ class Entry:
         return cls(data=data, mime=str(meta.get("mime", "")))
 
 
-class RenderTimeout(Exception):
-    """Waited for another worker's render longer than allowed."""
+def coordination_store(store: Store) -> Store:
+    """Where workers take locks and leave failures: the shared part of a tiered store.
+
+    Never the local disk layer of a TieredStore, which would copy a lock's value on read
+    and keep it after the lock is gone.
+    """
+    return getattr(store, "shared", store)
 
 
 class RenderCache:
@@ -167,53 +173,74 @@ class RenderCache:
 
     def __init__(self, store: Store, *, wait_timeout: float = 20.0, lock_ttl: float = 60.0):
         self.store = store
-        self.wait_timeout = wait_timeout
-        self.lock_ttl = lock_ttl
+        self.flight: Flight[Entry] = Flight(coordination_store(store), wait_timeout=wait_timeout,
+                                            lock_ttl=lock_ttl)
 
     def get(self, key: str) -> Entry | None:
         raw = self.store.get("r:" + key)
         return Entry.unpack(raw) if raw is not None else None
 
     def get_or_render(self, key: str, render: Callable[[], Entry]) -> tuple[Entry, bool]:
-        """Return (entry, was_cached). Concurrent misses wait for the one that renders."""
-        entry = self.get(key)
-        if entry is not None:
-            return entry, True
-        lock = "l:" + key
-        deadline = time.monotonic() + self.wait_timeout
-        pause = 0.005
-        while True:
-            token = secrets.token_bytes(8)
-            if self.store.add(lock, token, expire=self.lock_ttl):
-                try:
-                    # Someone may have finished between our miss and taking the lock.
-                    entry = self.get(key)
-                    if entry is not None:
-                        return entry, True
-                    entry = render()
-                    self.store.set("r:" + key, entry.pack())
-                    return entry, False
-                finally:
-                    # Only our own lock: one that outlived lock_ttl may be another's now.
-                    if self.store.get(lock) == token:
-                        self.store.delete(lock)
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.05)
-            entry = self.get(key)
-            if entry is not None:
-                return entry, True
-            if time.monotonic() > deadline:
-                raise RenderTimeout(key)
+        """Return (entry, was_cached). Concurrent misses wait for the one that renders.
+
+        Raises FlightTimeout when another's render takes longer than ``wait_timeout``.
+        """
+        def render_and_store() -> Entry:
+            entry = render()
+            self.store.set("r:" + key, entry.pack())
+            return entry
+
+        entry, rendered = self.flight.run(key, lambda: self.get(key), render_and_store)
+        return entry, not rendered
+
+
+class SourceCache:
+    """Fetched upstream sources, kept ``ttl`` seconds so other renders of them skip upstream.
+
+    Other widths' formats, another tenant's watermark and the EXIF re-fetch all ask
+    upstream for the same bytes within moments of each other. The store given here is
+    bounded in bytes (its own diskcache folder; Redis by its maxmemory); a source
+    larger than ``max_bytes`` is never kept.
+    """
+
+    def __init__(self, store: Store, *, ttl: float, max_bytes: int, wait_timeout: float):
+        self.store = store
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self.flight: Flight[bytes] = Flight(coordination_store(store), wait_timeout=wait_timeout)
+
+    def get(self, key: str) -> bytes | None:
+        return self.store.get("s:" + key) if self.ttl > 0 else None
+
+    def put(self, key: str, data: bytes) -> None:
+        if self.ttl > 0 and len(data) <= self.max_bytes:
+            self.store.set("s:" + key, bytes(data), expire=self.ttl)
+
+    def forget(self, key: str) -> None:
+        """Drop a source that turned out unusable (truncated, not an image)."""
+        self.store.delete("s:" + key)
+
+    def get_or_fetch(self, key: str, fetch: Callable[[], bytes]) -> bytes:
+        """The source for ``key``: kept, being fetched by someone else, or fetched now."""
+        def fetch_and_keep() -> bytes:
+            data = fetch()
+            self.put(key, data)
+            return data
+
+        return self.flight.run("s:" + key, lambda: self.get(key), fetch_and_keep)[0]
 
 
 class LookupCache:
     """Product look-ups: fresh for ``ttl`` seconds, kept ``stale_ttl`` more for outages."""
 
-    def __init__(self, store: Store, *, ttl: int, stale_ttl: int = 86400, clock=time.time):
+    def __init__(self, store: Store, *, ttl: int, stale_ttl: int = 86400, clock=time.time,
+                 wait_timeout: float = 20.0):
         self.store = store
         self.ttl = ttl
         self.stale_ttl = stale_ttl
         self.clock = clock
+        self.flight: Flight[list[str]] = Flight(coordination_store(store),
+                                                wait_timeout=wait_timeout)
 
     def get(self, key: str) -> tuple[list[str], bool] | None:
         """(image ids, fresh) or None."""
@@ -234,3 +261,16 @@ class LookupCache:
             return
         raw = json.dumps({"ids": ids, "at": self.clock()}).encode()
         self.store.set("p:" + key, raw, expire=self.ttl + self.stale_ttl)
+
+    def get_or_fetch(self, key: str, fetch: Callable[[], list[str]]) -> tuple[list[str], bool]:
+        """(image ids, fetched by this call); concurrent misses ask upstream once."""
+        def fresh() -> list[str] | None:
+            cached = self.get(key)
+            return cached[0] if cached is not None and cached[1] else None
+
+        def fetch_and_keep() -> list[str]:
+            ids = fetch()
+            self.set(key, ids)
+            return ids
+
+        return self.flight.run("p:" + key, fresh, fetch_and_keep)

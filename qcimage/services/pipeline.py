@@ -9,10 +9,12 @@ import time
 from dataclasses import dataclass
 
 from .. import metrics
-from .cache import Entry, LookupCache, RenderCache, RenderTimeout
+from . import ServiceError
+from .cache import Entry, LookupCache, RenderCache, SourceCache
 from .imaging import (ImagingEngine, RenderSpec, UnsupportedImage, displayed_size,
                       imagemagick_version, probe)
-from .upstream import DoppelClient, Source, UpstreamTimeout
+from .slots import RenderSlots
+from .upstream import DoppelClient, Source
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,8 @@ class ProductLookup:
             return cached[0], "hit"
         metrics.CACHE_REQUESTS.labels("lookup", "miss").inc()
         try:
-            ids = self.client.product_images(product_id, platform)
+            ids, fetched = self.cache.get_or_fetch(
+                key, lambda: self.client.product_images(product_id, platform))
         except Exception as error:
             status = getattr(error, "status", 500)
             if cached is not None and status >= 500:
@@ -47,8 +50,8 @@ class ProductLookup:
                 metrics.CACHE_REQUESTS.labels("lookup", "stale").inc()
                 return cached[0], "stale"
             raise
-        self.cache.set(key, ids)
-        return ids, "miss"
+        # Not fetched here: a concurrent request fetched it a moment ago.
+        return ids, "miss" if fetched else "hit"
 
 
 @dataclass(frozen=True)
@@ -82,14 +85,24 @@ class RenderResult:
 
 
 class ImageRenderer:
-    """Cache → (one worker) fetch source → render with watermark → cache."""
+    """Cache → (one worker) fetch source → render with watermark → cache.
+
+    A miss holds a place in the worker's bounded queue (``slots``) from start to end and
+    one of its render slots only while ImageMagick works; sources come through a
+    short-lived shared cache that also makes concurrent fetches of one source one.
+    """
 
     def __init__(self, client: DoppelClient, cache: RenderCache, engine: ImagingEngine, *,
-                 source: SourcePolicy, watermark_fingerprint: str):
+                 source: SourcePolicy, watermark_fingerprint: str,
+                 sources: SourceCache | None = None, slots: RenderSlots | None = None):
         self.client = client
         self.cache = cache
         self.engine = engine
         self.source = source
+        self.sources = sources or SourceCache(cache.store, ttl=0, max_bytes=0,
+                                              wait_timeout=cache.flight.wait_timeout)
+        self.slots = slots or RenderSlots(slots=1, queue=1024,
+                                          slot_timeout=cache.flight.wait_timeout)
         # Everything outside the request that changes the bytes: a new watermark, a new
         # ImageMagick or a new pipeline never serves an old render.
         self._key_prefix = "|".join((PIPELINE_VERSION, imagemagick_version(),
@@ -124,10 +137,20 @@ class ImageRenderer:
         """Strong ETag known before rendering: same inputs, same bytes."""
         return '"' + self.cache_key(job)[:40] + '"'
 
-    def _fetch_source(self, job: RenderJob) -> Source:
+    def _fetch(self, image_id: str, *, width: int, fmt: str,
+               quality: int) -> tuple[Source, str]:
+        """(source, its key) through the shared source cache; a copy each, as the engine
+        empties what it is given."""
+        key = f"{image_id}|{width}|{fmt}|{quality}"
+        data = self.sources.get_or_fetch(
+            key, lambda: self.client.fetch_image(image_id, width=width, fmt=fmt,
+                                                 quality=quality).data)
+        return Source(bytearray(data)), key
+
+    def _fetch_source(self, job: RenderJob) -> tuple[Source, str]:
         width, fmt, quality = self.source.params(job)
         if self.source.width:
-            return self.client.fetch_image(job.image_id, width=width, fmt=fmt, quality=quality)
+            return self._fetch(job.image_id, width=width, fmt=fmt, quality=quality)
         # Upstream sizes the *stored* pixels: an EXIF-rotated portrait asked for at 960
         # comes back 960 tall and only 720 wide once upright. Ask once more, wide enough,
         # and remember the image's stored/shown ratio so other widths ask right at once.
@@ -135,37 +158,46 @@ class ImageRenderer:
         hint = self.cache.store.get(hint_key)
         ratio = float(hint) if hint else 1.0
         asked = min(MAX_SOURCE_WIDTH, math.ceil(width * ratio))
-        source = self.client.fetch_image(job.image_id, width=asked, fmt=fmt, quality=quality)
-        _, stored_width, _ = probe(source.data)
+        source, key = self._fetch(job.image_id, width=asked, fmt=fmt, quality=quality)
+        try:
+            _, stored_width, _ = probe(source.data)
+        except ServiceError:
+            self.sources.forget(key)
+            raise
         shown_width, _ = displayed_size(source.data)
         if shown_width < job.width and stored_width >= asked:
             ratio = stored_width / shown_width
             self.cache.store.set(hint_key, repr(ratio).encode())
             wider = min(MAX_SOURCE_WIDTH, math.ceil(job.width * ratio))
-            source = self.client.fetch_image(job.image_id, width=wider, fmt=fmt,
-                                             quality=quality)
-        return source
+            source, key = self._fetch(job.image_id, width=wider, fmt=fmt, quality=quality)
+        return source, key
 
     def render(self, job: RenderJob) -> RenderResult:
         timings: dict[str, float] = {}
 
         def produce() -> Entry:
             started = time.perf_counter()
-            source = self._fetch_source(job)
+            source, source_key = self._fetch_source(job)
             timings["upstream_ms"] = (time.perf_counter() - started) * 1000
-            started = time.perf_counter()
-            rendered = self.engine.render(source.data, RenderSpec(width=job.width,
-                                                                  quality=job.quality,
-                                                                  format=job.format))
-            timings["render_ms"] = (time.perf_counter() - started) * 1000
+            with self.slots.render_slot():
+                started = time.perf_counter()
+                try:
+                    rendered = self.engine.render(source.data, RenderSpec(
+                        width=job.width, quality=job.quality, format=job.format))
+                except ServiceError:
+                    # Not an image, truncated, too many pixels: nobody may render it again.
+                    self.sources.forget(source_key)
+                    raise
+                timings["render_ms"] = (time.perf_counter() - started) * 1000
             metrics.RENDER_SECONDS.labels(job.format).observe(timings["render_ms"] / 1000)
             self._remember_size(job, rendered.width, rendered.height)
             return Entry(data=rendered.data, mime=rendered.mime)
 
-        try:
-            entry, cached = self.cache.get_or_render(self.cache_key(job), produce)
-        except RenderTimeout:
-            raise UpstreamTimeout("timed out waiting for the image to be rendered") from None
+        key = self.cache_key(job)
+        entry, cached = self.cache.get(key), True
+        if entry is None:
+            with self.slots.admit():
+                entry, cached = self.cache.get_or_render(key, produce)
         metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss").inc()
         if cached:
             metrics.CACHE_BYTES.inc(len(entry.data))

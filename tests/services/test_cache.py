@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from qcimage.services.cache import DiskStore, Entry, LookupCache, RenderCache, RenderTimeout
+from qcimage.services.cache import DiskStore, Entry, LookupCache, RenderCache, SourceCache
+from qcimage.services.flight import FlightTimeout
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def test_failed_render_releases_the_lock(store):
 def test_waiting_is_bounded(store):
     cache = RenderCache(store, wait_timeout=0.2)
     store.add("l:k", b"someone else", expire=30)
-    with pytest.raises(RenderTimeout):
+    with pytest.raises(FlightTimeout):
         cache.get_or_render("k", lambda: Entry(b"never", "image/png"))
 
 
@@ -95,3 +96,19 @@ def test_lookup_cache_disabled_with_zero_ttl(store):
     cache = LookupCache(store, ttl=0)
     cache.set("p", ["a"])
     assert cache.get("p") is None
+
+
+def test_source_cache_keeps_sources_for_their_ttl_and_within_the_byte_bound(store):
+    sources = SourceCache(store, ttl=60, max_bytes=1000, wait_timeout=5)
+    fetches = []
+
+    def fetch(size):
+        fetches.append(size)
+        return bytearray(b"x" * size)
+
+    assert sources.get_or_fetch("a|960", lambda: fetch(10)) == b"x" * 10
+    assert sources.get_or_fetch("a|960", lambda: fetch(10)) == b"x" * 10
+    sources.get_or_fetch("big|960", lambda: fetch(2000))
+    sources.get_or_fetch("big|960", lambda: fetch(2000))
+    assert fetches == [10, 2000, 2000]
+    assert SourceCache(store, ttl=0, max_bytes=1000, wait_timeout=5).get("a|960") is None
