@@ -127,13 +127,14 @@ def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
     if test_config is not None:
         return test_config
     environ = dict(os.environ)
-    # .env is a development convenience; production reads the real environment only.
-    if environ.get("QCIMAGE_ENV", "").strip().lower() != "production" and Path(".env").is_file():
+    # .env is a development convenience, read only when the real environment asks for
+    # development: a stray file must never turn production (the default) into development.
+    if environ.get("QCIMAGE_ENV", "").strip().lower() == "development" and Path(".env").is_file():
         from dotenv import dotenv_values
 
         file_values = {k: v for k, v in dotenv_values(".env").items() if v is not None}
-        if {**file_values, **environ}.get("QCIMAGE_ENV", "production") == "development":
-            environ = {**file_values, **environ}
+        # The real environment wins, QCIMAGE_ENV included: the file cannot say production.
+        environ = {**file_values, **environ}
     return environ
 
 
