@@ -37,8 +37,8 @@ def production_secrets(tmp_path) -> dict[str, str]:
             "QCIMAGE_CACHE_DIR": str(tmp_path / "cache")}
 
 
-def test_a_stray_env_file_does_not_turn_production_into_development(real_environment,
-                                                                     tmp_path):
+def test_a_stray_env_file_does_not_turn_production_into_development(
+        real_environment, tmp_path):
     # QCIMAGE_ENV unset: the documented default, production, whatever the file says.
     real_environment(**production_secrets(tmp_path))
     app = create_app()
@@ -51,8 +51,8 @@ def test_a_stray_env_file_does_not_turn_production_into_development(real_environ
     assert metrics.status_code == 403
 
 
-def test_the_env_file_is_read_when_the_real_environment_says_development(real_environment,
-                                                                        tmp_path):
+def test_the_env_file_is_read_when_the_real_environment_says_development(
+        real_environment, tmp_path):
     real_environment(QCIMAGE_ENV="development", QCIMAGE_CACHE_DIR=str(tmp_path / "cache"))
     settings = create_app().extensions["qcimage"].settings
     assert settings.env == "development"
