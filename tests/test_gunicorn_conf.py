@@ -1,5 +1,6 @@
 """gunicorn.conf.py: defaults, QCIMAGE_* overrides, refusals, and what it must not import."""
 
+import datetime
 import importlib.util
 import os
 import subprocess
@@ -175,6 +176,30 @@ def test_server_header_and_software_name_carry_no_version(load_conf):
     assert gunicorn.http.wsgi.SERVER == "qcimage"
     assert gunicorn.http.wsgi.SERVER_SOFTWARE == "qcimage"
     assert gunicorn.arbiter.SERVER_SOFTWARE == "qcimage"
+
+
+def test_gunicorn_text_logs_keep_a_crafted_path_on_one_line(load_conf, capsys):
+    conf = load_conf(QCIMAGE_LOG_FORMAT="text")
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    cfg.set("access_log_format", conf.access_log_format)
+    logger = conf.QcimageLogger(cfg)
+    capsys.readouterr()
+    # gunicorn percent-decodes the path into PATH_INFO, which its access log prints.
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": '/x\r\n127.0.0.1 "GET /admin" 200',
+               "RAW_URI": "/x%0d%0a", "QUERY_STRING": "", "SERVER_PROTOCOL": "HTTP/1.1",
+               "REMOTE_ADDR": "127.0.0.1"}
+    response = types.SimpleNamespace(status="404 Not Found", status_code=404, sent=0,
+                                     headers=[])
+    logger.access(response, types.SimpleNamespace(headers=[]), environ,
+                  datetime.timedelta(seconds=0.01))
+    logger.error("worker said %s", "a\nforged line")
+    written = capsys.readouterr()
+    lines = (written.out + written.err).splitlines()
+    assert len(lines) == 2, lines
+    # gunicorn escapes the quotes itself, and the line breaks no longer.
+    assert '"GET /x\\r\\n127.0.0.1 \\"GET /admin\\" 200 HTTP/1.1" 404' in lines[0], lines
+    assert lines[1].endswith("worker said a\\nforged line")
 
 
 def test_loading_the_config_imports_neither_the_app_nor_imagemagick():

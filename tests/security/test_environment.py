@@ -63,3 +63,19 @@ def test_the_env_file_cannot_override_the_real_environment(real_environment, tmp
     real_environment(QCIMAGE_ENV="development", QCIMAGE_CACHE_DIR=str(tmp_path / "cache"),
                      QCIMAGE_WATERMARK_OPACITY="0.9")
     assert create_app().extensions["qcimage"].settings.watermark[0].opacity == 0.9
+
+
+FORGED = "2026-12-02 09:00:00,000 INFO    qcimage.access 1 [x] GET /admin 200 forged"
+
+
+def test_text_logs_keep_a_crafted_path_on_one_line(env, capsys):
+    client = create_app({**env, "QCIMAGE_LOG_FORMAT": "text"}).test_client()
+    capsys.readouterr()
+    # Percent-decoded by the server into CR, LF, ESC and U+2028 inside request.path.
+    client.get("/nope%0d%0a" + FORGED.replace(" ", "%20") + "%1b[2J%e2%80%a8end")
+    lines = capsys.readouterr().err.splitlines()
+    access = [line for line in lines if "qcimage.access" in line]
+    assert len(access) == 1, lines
+    assert not any(line.startswith("2026-12-02 09:00:00") for line in lines), lines
+    assert "/nope\\r\\n2026-12-02 09:00:00" in access[0]
+    assert "\\x1b[2J\\u2028end" in access[0]
