@@ -277,7 +277,7 @@ def on_starting(server):
         return
     from qcimage import startup_report
 
-    report = startup_report()
+    report = startup_report(workers=server.cfg.workers)
     if report:
         on_exit(server)
         raise SystemExit(report)
