@@ -145,16 +145,12 @@ def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
 def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.cache import DiskStore, LookupCache, RedisStore, RenderCache, TieredStore
     from .services.imaging.engine import ImagingEngine
-    from .services.imaging.watermark import Watermark, WatermarkLayer
+    from .services.imaging.watermark import Watermark
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
     from .services.upstream import DoppelClient, make_breaker
 
-    watermark = Watermark(layers=tuple(
-        WatermarkLayer(text=layer.text, logo=layer.logo, font=layer.font, gravity=layer.gravity,
-                       opacity=layer.opacity, margin=layer.margin, scale=layer.scale,
-                       tile=layer.tile)
-        for layer in settings.watermark))
+    watermark = Watermark(layers=settings.watermark)
     engine = ImagingEngine(watermark, max_source_pixels=settings.max_source_pixels,
                            resize_filter=settings.resize_filter,
                            webp_method=settings.webp_method)

@@ -17,11 +17,11 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from .. import metrics
+from ..vocabulary import IMAGE_ID
 from . import ServiceError
 
 log = logging.getLogger(__name__)
 
-IMAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 _PRODUCT_PATH = "/api/v1/products/qcMedia"
 _IMAGE_PATH = "/img"
 _MAX_PRODUCT_BYTES = 4 * 1024 * 1024
