@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from tools.harness import ManagedProcess, clean_env, free_port
+from tools.harness import Redis, clean_env, free_port
 from tools.netns import LocalHost
 
 SERVICE = "qcimage"
@@ -26,33 +26,12 @@ SERVICE = "qcimage"
 DOWN_AFTER_MS = 1000
 
 
-class RedisProcess(ManagedProcess):
+class RedisProcess(Redis):
     """redis-server or redis-sentinel on ``host:port``; ``start()`` after a stop reuses both."""
-
-    host = port = None
 
     def client(self, **kwargs) -> redis.Redis:
         return redis.Redis(self.host, self.port, socket_timeout=2, socket_connect_timeout=2,
                            decode_responses=True, **kwargs)
-
-    def start(self):
-        super().start()
-        if self.port is not None:
-            self.wait_ready()
-
-    def wait_ready(self, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.poll() is not None:
-                break
-            try:
-                if self.client().ping():
-                    return
-            except redis.RedisError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} on {self.host}:{self.port} did not answer PING"
-                           f"\n{self.log_text()}")
 
     def kill(self):
         """kill -9, as a crashed machine: no goodbye to replicas or clients."""
