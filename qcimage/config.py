@@ -255,6 +255,20 @@ def _check_url(reader: _Reader, name: str, value: str | None) -> str | None:
     return value.rstrip("/")
 
 
+def _check_redis_urls(reader: _Reader, settings: Settings) -> None:
+    from .services.redisconn import RedisURLError, parse_redis_url
+
+    for name, url in (("REDIS_URL", settings.redis_url),
+                      ("RATELIMIT_STORAGE_URI", settings.ratelimit_storage_uri)):
+        if url is None or (name == "RATELIMIT_STORAGE_URI" and not url.startswith("redis")):
+            continue
+        try:
+            parse_redis_url(url)
+        except RedisURLError as error:
+            # The URL may carry a password: name the variable, never echo the value.
+            reader.errors.append(f"{PREFIX}{name} {error}")
+
+
 _WHAT_TO_SET = {
     "API_KEYS": "run `qcimage keys create NAME` and set the line it prints",
     "SIGNING_KEYS": "run `qcimage secrets signing-key` and set the line it prints",
@@ -399,6 +413,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     if settings.auto_formats[-1] not in ("jpeg", "png"):
         reader.errors.append(f"{PREFIX}AUTO_FORMATS must end with a format every browser reads "
                              "(jpeg or png): the last one is the fallback")
+    _check_redis_urls(reader, settings)
     for name, value in (("LOOKUP_RATE_LIMIT", settings.lookup_limit),
                         ("IMAGE_RATE_LIMIT", settings.image_limit)):
         try:
