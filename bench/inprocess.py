@@ -80,12 +80,12 @@ class Pipeline:
 
     def cold(self, image_id: str, width: int, quality: int, fmt: str) -> dict:
         """One uncached request's work: fetch(es) as the policy says, then render."""
+        from qcimage.services.imaging import RenderSpec
         from qcimage.services.pipeline import RenderJob
 
         self.client.bodies = []
         started = time.perf_counter()
-        result = self.renderer.render(RenderJob(image_id=image_id, width=width,
-                                                quality=quality, format=fmt))
+        result = self.renderer.render(RenderJob(image_id, RenderSpec(width, quality, fmt)))
         return {"ms": (time.perf_counter() - started) * 1000,
                 "upstream_ms": result.upstream_ms, "render_ms": result.render_ms,
                 "output": result.entry.data, "bodies": self.client.bodies}
@@ -297,7 +297,7 @@ def stage_profile(pipeline: Pipeline, source: bytes, n: int, width: int = 960,
     profile.disable()
     stats = pstats.Stats(profile)
     root = next(func for func in stats.stats
-                if func[2] == "render" and func[0].endswith("imaging.py"))
+                if func[2] == "render" and func[0].endswith("imaging/engine.py"))
     total = stats.stats[root][3]
     children = _callees(stats, root)
     # A refactor may put one wrapper of ours between render() and the stages: look
@@ -306,7 +306,7 @@ def stage_profile(pipeline: Pipeline, source: bytes, n: int, width: int = 960,
         wrapper = max(children, key=children.get)
         grand = _callees(stats, wrapper)
         if (children[wrapper] < 0.8 * total or wrapper[2] in STAGE_NAMES
-                or not wrapper[0].endswith("imaging.py")
+                or "/imaging/" not in wrapper[0]
                 or sum(grand.values()) < 0.8 * children[wrapper]):
             break
         rest = {f: s for f, s in children.items() if f != wrapper}

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 from flask import Flask, current_app
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .config import DEFAULT_WATERMARK_FONT, ConfigError, Settings, load_settings
+from .config import (DEFAULT_WATERMARK_FONT, ConfigError, Settings, load_settings,
+                     per_worker_limit_problems)
+from .services.redisconn import limiter_storage_options
 
 if TYPE_CHECKING:
     from .services.cache import Store
@@ -50,6 +52,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=64 * 1024,
         RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
+        RATELIMIT_STORAGE_OPTIONS=limiter_storage_options(settings.ratelimit_storage_uri),
         RATELIMIT_HEADERS_ENABLED=True,
         # Flask-Limiter would put its window's end in Retry-After on every response,
         # overriding the circuit breaker's; ours is set on 429s by the error handler.
@@ -83,11 +86,11 @@ def default_cache_dir(instance_path: str) -> Path:
     return Path(instance_path) / "cache"
 
 
-def startup_report() -> str | None:
+def startup_report(workers: int = 1) -> str | None:
     """The configuration's problems as one block for a person, or None when it can start.
 
-    For the gunicorn master, which checks once before forking: it reads what
-    create_app reads and builds nothing (no ImageMagick in the master).
+    For the gunicorn master, which checks once before forking ``workers`` workers: it
+    reads what create_app reads and builds nothing (no ImageMagick in the master).
     """
     instance_path = Flask(__name__, instance_relative_config=True).instance_path
     environ = _environment(None)
@@ -96,7 +99,8 @@ def startup_report() -> str | None:
     except ConfigError as error:
         problems = error.problems
     else:
-        problems = _unreadable_watermark_files(settings)
+        problems = (_unreadable_watermark_files(settings)
+                    + per_worker_limit_problems(settings, workers))
     if not problems:
         return None
     env = environ.get("QCIMAGE_ENV", "").strip() or "production"
@@ -127,30 +131,28 @@ def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
     if test_config is not None:
         return test_config
     environ = dict(os.environ)
-    # .env is a development convenience; production reads the real environment only.
-    if environ.get("QCIMAGE_ENV", "").strip().lower() != "production" and Path(".env").is_file():
+    # .env is a development convenience, read only when the real environment asks for
+    # development: a stray file must never turn production (the default) into development.
+    if environ.get("QCIMAGE_ENV", "").strip().lower() == "development" and Path(".env").is_file():
         from dotenv import dotenv_values
 
         file_values = {k: v for k, v in dotenv_values(".env").items() if v is not None}
-        if {**file_values, **environ}.get("QCIMAGE_ENV", "production") == "development":
-            environ = {**file_values, **environ}
+        # The real environment wins, QCIMAGE_ENV included: the file cannot say production.
+        environ = {**file_values, **environ}
     return environ
 
 
 def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.cache import (DiskStore, LookupCache, RedisStore, RenderCache, SourceCache,
                                  TieredStore)
-    from .services.imaging import ImagingEngine, Watermark, WatermarkLayer
+    from .services.imaging.engine import ImagingEngine
+    from .services.imaging.watermark import Watermark
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
     from .services.slots import RenderSlots
     from .services.upstream import DoppelClient, make_breaker
 
-    watermark = Watermark(layers=tuple(
-        WatermarkLayer(text=layer.text, logo=layer.logo, font=layer.font, gravity=layer.gravity,
-                       opacity=layer.opacity, margin=layer.margin, scale=layer.scale,
-                       tile=layer.tile)
-        for layer in settings.watermark))
+    watermark = Watermark(layers=settings.watermark)
     engine = ImagingEngine(watermark, max_source_pixels=settings.max_source_pixels,
                            resize_filter=settings.resize_filter,
                            webp_method=settings.webp_method)
@@ -160,10 +162,9 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     store = DiskStore(cache_dir, settings.cache_max_bytes)
     # Fetched sources in a folder of their own, so their byte bound is theirs alone.
     source_store = DiskStore(cache_dir / "sources", settings.source_cache_max_bytes)
-    redis_client = None
+    shared = None
     if settings.redis_url:
         shared = RedisStore(settings.redis_url)
-        redis_client = shared.client
         store = TieredStore(store, shared)
         source_store = TieredStore(source_store, shared)
     client = DoppelClient(
@@ -173,7 +174,7 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
         retries=settings.upstream_retries, pool_size=settings.threads,
         breaker=make_breaker(fail_max=settings.breaker_fail_max,
                              reset_timeout=settings.breaker_reset_timeout,
-                             redis_client=redis_client))
+                             redis_client=shared and shared.client))
     return Services(
         settings=settings,
         signer=Signer(settings.signing_keys),

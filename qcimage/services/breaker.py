@@ -66,9 +66,12 @@ class MemoryState:
 
 
 class RedisState:
-    """State shared through Redis; while Redis is unreachable, this process's own."""
+    """State shared through Redis; while Redis is unreachable, this process's own.
 
-    def __init__(self, client, namespace: str = "qcimage:breaker"):
+    The namespace's hash tag puts both keys in one Redis Cluster slot (one DEL for both).
+    """
+
+    def __init__(self, client, namespace: str = "qcimage:{breaker}"):
         import redis
 
         self.client = client

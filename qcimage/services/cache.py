@@ -21,11 +21,21 @@ from .flight import Flight
 
 log = logging.getLogger(__name__)
 
+# Every key prefix in the store, here and nowhere else, so no two uses can collide.
+_RENDER = "r:"  # a rendered image (Entry.pack)
+_LOCK = "l:"  # the worker computing a key (render, source fetch, look-up), while it does
+_FAILURE = "f:"  # how a lock holder's attempt failed, by its lock's token, for its waiters
+_SOURCE = "s:"  # a fetched upstream source, for a short while (SourceCache)
+_LOOKUP = "p:"  # a product's image ids and when they were fetched
+_SIZE = "d:"  # the width x height an image renders at, for look-ups
+_WIDTH_RATIO = "o:"  # an image's stored/shown width ratio (EXIF-rotated sources)
+
 
 class Store(Protocol):
     def get(self, key: str) -> bytes | None: ...
     def set(self, key: str, value: bytes, expire: float | None = None) -> None: ...
     def add(self, key: str, value: bytes, expire: float) -> bool: ...
+    def renew(self, key: str, value: bytes, expire: float) -> bool: ...
     def delete(self, key: str) -> None: ...
 
 
@@ -49,6 +59,12 @@ class DiskStore:
     def add(self, key: str, value: bytes, expire: float) -> bool:
         return self.cache.add(key, value, expire=expire)
 
+    def renew(self, key: str, value: bytes, expire: float) -> bool:
+        with self.cache.transact():
+            if self.cache.get(key) == value:
+                return self.cache.touch(key, expire=expire)
+            return self.cache.add(key, value, expire=expire)
+
     def delete(self, key: str) -> None:
         self.cache.delete(key)
 
@@ -63,26 +79,40 @@ class RedisStore:
     The failure is logged once per outage and redis-py reconnects on the next call.
     """
 
-    def __init__(self, url: str, *, prefix: str = "qcimage:", timeout: float = 0.5):
-        import redis
+    # Extend our own lock, or take it again when a fail-over lost it; one round trip.
+    _RENEW = """
+    local held = redis.call('get', KEYS[1])
+    if held == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+    if not held then return redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 end
+    return 0
+    """
 
-        self.errors = (redis.RedisError, OSError)
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout,
-                                           socket_connect_timeout=timeout,
-                                           health_check_interval=30)
+    QUIET = 5.0  # seconds without an error before an outage is logged as over
+
+    def __init__(self, url: str, *, prefix: str = "qcimage:"):
+        from . import redisconn
+
+        self.errors = redisconn.ERRORS
+        # One server, Sentinel's current master or a cluster: the URL says which.
+        self.client = redisconn.connect(url)
+        self.is_cluster = redisconn.is_cluster(self.client)
         self.prefix = prefix
         self.down = False
+        self.last_error = 0.0
 
     def _call(self, default, fn, *args, **kwargs):
         try:
             result = fn(*args, **kwargs)
         except self.errors as exc:
+            self.last_error = time.monotonic()
             if not self.down:
                 log.error("redis unavailable (%s); bypassing it until it returns",
                           type(exc).__name__)
                 self.down = True
             return default
-        if self.down:
+        # "Back" once calls have succeeded for a while: a cluster with one dead node
+        # fails some calls and not others, and must not log every call.
+        if self.down and time.monotonic() - self.last_error > self.QUIET:
             log.warning("redis is back")
             self.down = False
         return result
@@ -101,6 +131,10 @@ class RedisStore:
         # Redis down: nobody can coordinate, so everybody renders for themselves.
         return bool(self._call(True, self.client.set, self.prefix + key, value,
                                nx=True, px=int(expire * 1000)))
+
+    def renew(self, key: str, value: bytes, expire: float) -> bool:
+        return bool(self._call(True, self.client.eval, self._RENEW, 1, self.prefix + key,
+                               value, int(expire * 1000)))
 
     def delete(self, key: str) -> None:
         self._call(None, self.client.delete, self.prefix + key)
@@ -131,6 +165,9 @@ class TieredStore:
     def add(self, key: str, value: bytes, expire: float) -> bool:
         return self.shared.add(key, value, expire)
 
+    def renew(self, key: str, value: bytes, expire: float) -> bool:
+        return self.shared.renew(key, value, expire)
+
     def delete(self, key: str) -> None:
         self.local.delete(key)
         self.shared.delete(key)
@@ -159,25 +196,22 @@ class Entry:
         return cls(data=data, mime=str(meta.get("mime", "")))
 
 
-def coordination_store(store: Store) -> Store:
-    """Where workers take locks and leave failures: the shared part of a tiered store.
-
-    Never the local disk layer of a TieredStore, which would copy a lock's value on read
-    and keep it after the lock is gone.
-    """
-    return getattr(store, "shared", store)
+def _flight(store: Store, wait_timeout: float, lock_ttl: float = 5.0) -> Flight:
+    """Coordination through the shared part of a tiered store, never its local disk
+    layer (which would copy a lock's value on read and keep it after the lock is gone)."""
+    return Flight(getattr(store, "shared", store), wait_timeout=wait_timeout,
+                  lock_ttl=lock_ttl, lock_prefix=_LOCK, failure_prefix=_FAILURE)
 
 
 class RenderCache:
     """get-or-render with one render per key across every worker sharing the store."""
 
-    def __init__(self, store: Store, *, wait_timeout: float = 20.0, lock_ttl: float = 60.0):
+    def __init__(self, store: Store, *, wait_timeout: float = 20.0, lock_ttl: float = 5.0):
         self.store = store
-        self.flight: Flight[Entry] = Flight(coordination_store(store), wait_timeout=wait_timeout,
-                                            lock_ttl=lock_ttl)
+        self.flight: Flight[Entry] = _flight(store, wait_timeout, lock_ttl)
 
     def get(self, key: str) -> Entry | None:
-        raw = self.store.get("r:" + key)
+        raw = self.store.get(_RENDER + key)
         return Entry.unpack(raw) if raw is not None else None
 
     def get_or_render(self, key: str, render: Callable[[], Entry]) -> tuple[Entry, bool]:
@@ -187,11 +221,31 @@ class RenderCache:
         """
         def render_and_store() -> Entry:
             entry = render()
-            self.store.set("r:" + key, entry.pack())
+            self.store.set(_RENDER + key, entry.pack())
             return entry
 
         entry, rendered = self.flight.run(key, lambda: self.get(key), render_and_store)
         return entry, not rendered
+
+    def rendered_size(self, key: str) -> tuple[int, int] | None:
+        """(width, height) kept under key by remember_size, or None."""
+        raw = self.store.get(_SIZE + key)
+        try:
+            width, height = (int(n) for n in raw.decode().split("x"))
+        except (AttributeError, ValueError):
+            return None
+        return width, height
+
+    def remember_size(self, key: str, width: int, height: int) -> None:
+        self.store.set(_SIZE + key, f"{width}x{height}".encode())
+
+    def width_ratio(self, image_id: str) -> float:
+        """How much wider than shown an image is stored (1.0 until one is remembered)."""
+        raw = self.store.get(_WIDTH_RATIO + image_id)
+        return float(raw) if raw else 1.0
+
+    def remember_width_ratio(self, image_id: str, ratio: float) -> None:
+        self.store.set(_WIDTH_RATIO + image_id, repr(ratio).encode())
 
 
 class SourceCache:
@@ -207,18 +261,18 @@ class SourceCache:
         self.store = store
         self.ttl = ttl
         self.max_bytes = max_bytes
-        self.flight: Flight[bytes] = Flight(coordination_store(store), wait_timeout=wait_timeout)
+        self.flight: Flight[bytes] = _flight(store, wait_timeout)
 
     def get(self, key: str) -> bytes | None:
-        return self.store.get("s:" + key) if self.ttl > 0 else None
+        return self.store.get(_SOURCE + key) if self.ttl > 0 else None
 
     def put(self, key: str, data: bytes) -> None:
         if self.ttl > 0 and len(data) <= self.max_bytes:
-            self.store.set("s:" + key, bytes(data), expire=self.ttl)
+            self.store.set(_SOURCE + key, bytes(data), expire=self.ttl)
 
     def forget(self, key: str) -> None:
         """Drop a source that turned out unusable (truncated, not an image)."""
-        self.store.delete("s:" + key)
+        self.store.delete(_SOURCE + key)
 
     def get_or_fetch(self, key: str, fetch: Callable[[], bytes]) -> bytes:
         """The source for ``key``: kept, being fetched by someone else, or fetched now."""
@@ -227,7 +281,7 @@ class SourceCache:
             self.put(key, data)
             return data
 
-        return self.flight.run("s:" + key, lambda: self.get(key), fetch_and_keep)[0]
+        return self.flight.run(_SOURCE + key, lambda: self.get(key), fetch_and_keep)[0]
 
 
 class LookupCache:
@@ -239,14 +293,13 @@ class LookupCache:
         self.ttl = ttl
         self.stale_ttl = stale_ttl
         self.clock = clock
-        self.flight: Flight[list[str]] = Flight(coordination_store(store),
-                                                wait_timeout=wait_timeout)
+        self.flight: Flight[list[str]] = _flight(store, wait_timeout)
 
     def get(self, key: str) -> tuple[list[str], bool] | None:
         """(image ids, fresh) or None."""
         if self.ttl <= 0:
             return None
-        raw = self.store.get("p:" + key)
+        raw = self.store.get(_LOOKUP + key)
         if raw is None:
             return None
         try:
@@ -260,7 +313,7 @@ class LookupCache:
         if self.ttl <= 0:
             return
         raw = json.dumps({"ids": ids, "at": self.clock()}).encode()
-        self.store.set("p:" + key, raw, expire=self.ttl + self.stale_ttl)
+        self.store.set(_LOOKUP + key, raw, expire=self.ttl + self.stale_ttl)
 
     def get_or_fetch(self, key: str, fetch: Callable[[], list[str]]) -> tuple[list[str], bool]:
         """(image ids, fetched by this call); concurrent misses ask upstream once."""
@@ -273,4 +326,4 @@ class LookupCache:
             self.set(key, ids)
             return ids
 
-        return self.flight.run("p:" + key, fresh, fetch_and_keep)
+        return self.flight.run(_LOOKUP + key, fresh, fetch_and_keep)

@@ -69,15 +69,46 @@ def _error_class(code: str) -> type[ServiceError]:
     return SharedFailure
 
 
+class _HeldLock:
+    """A lock kept alive while its holder works: renewed every third of its lifetime.
+
+    The lifetime is short, so the lock of a holder that died (a box killed mid-render)
+    frees within seconds and a waiter computes instead of timing out. Renewal also puts
+    the lock back when a Redis fail-over lost it.
+    """
+
+    def __init__(self, store, key: str, token: bytes, ttl: float):
+        self.store, self.key, self.token, self.ttl = store, key, token, ttl
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._renew, name="flight-lock", daemon=True)
+
+    def _renew(self) -> None:
+        while not self.done.wait(self.ttl / 3):
+            self.store.renew(self.key, self.token, self.ttl)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        # Only our own lock: one that outlived its ttl may be another's now.
+        if self.store.get(self.key) == self.token:
+            self.store.delete(self.key)
+
+
 class Flight(Generic[T]):
     """``run(key, cached, compute)``: the cached value, or one computation shared by all."""
 
-    def __init__(self, store, *, wait_timeout: float, lock_ttl: float = 60.0,
-                 failure_ttl: float = 5.0):
-        self.store = store  # add/get/set/delete, shared by every worker that coordinates
+    def __init__(self, store, *, wait_timeout: float, lock_ttl: float = 5.0,
+                 failure_ttl: float = 5.0, lock_prefix: str = "l:", failure_prefix: str = "f:"):
+        self.store = store  # add/get/set/renew/delete, shared by every coordinating worker
         self.wait_timeout = wait_timeout
         self.lock_ttl = lock_ttl
         self.failure_ttl = failure_ttl
+        self.lock_prefix = lock_prefix
+        self.failure_prefix = failure_prefix
         self._inflight: dict[str, Future] = {}
         self._guard = threading.Lock()
 
@@ -110,7 +141,7 @@ class Flight(Generic[T]):
         value = cached()
         if value is not None:
             return value, False
-        lock = "l:" + key
+        lock = self.lock_prefix + key
         deadline = time.monotonic() + self.wait_timeout
         while True:
             token = secrets.token_hex(8).encode()
@@ -121,7 +152,7 @@ class Flight(Generic[T]):
                 return value, False
 
     def _compute_holding(self, lock: str, token: bytes, cached, compute) -> tuple[T, bool]:
-        try:
+        with _HeldLock(self.store, lock, token, self.lock_ttl):
             # Someone may have finished between our miss and taking the lock.
             value = cached()
             if value is not None:
@@ -129,12 +160,9 @@ class Flight(Generic[T]):
             try:
                 return compute(), True
             except ServiceError as error:
-                self.store.set("f:" + token.decode(), _pack(error), expire=self.failure_ttl)
+                self.store.set(self.failure_prefix + token.decode(), _pack(error),
+                               expire=self.failure_ttl)
                 raise
-        finally:
-            # Only our own lock: one that outlived lock_ttl may be another's now.
-            if self.store.get(lock) == token:
-                self.store.delete(lock)
 
     def _wait(self, lock: str, holder: bytes | None, cached, deadline: float) -> T | None:
         """The holder's result, its failure raised, or None once the lock is free again."""
@@ -148,7 +176,7 @@ class Flight(Generic[T]):
             if value is not None:
                 return value
             if holder is not None:
-                failure = self.store.get("f:" + holder.decode())
+                failure = self.store.get(self.failure_prefix + holder.decode())
                 if failure is not None:
                     raise _unpack(failure)
             if self.store.get(lock) != holder:

@@ -7,14 +7,18 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import metrics
 from . import ServiceError
 from .cache import Entry, LookupCache, RenderCache, SourceCache
-from .imaging import (ImagingEngine, RenderSpec, UnsupportedImage, displayed_size,
-                      imagemagick_version, probe)
+from .imaging import RenderSpec, UnsupportedImage
+from .imaging.probe import Probe, probe
 from .slots import RenderSlots
 from .upstream import DoppelClient, Source
+
+if TYPE_CHECKING:  # the engine loads ImageMagick; the pipeline only holds one
+    from .imaging.engine import ImagingEngine
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +47,8 @@ class ProductLookup:
         try:
             ids, fetched = self.cache.get_or_fetch(
                 key, lambda: self.client.product_images(product_id, platform))
-        except Exception as error:
-            status = getattr(error, "status", 500)
-            if cached is not None and status >= 500:
+        except ServiceError as error:  # a bug of ours is never covered by a stale copy
+            if cached is not None and error.status >= 500:
                 log.warning("serving stale look-up for %s: upstream failed", key)
                 metrics.CACHE_REQUESTS.labels("lookup", "stale").inc()
                 return cached[0], "stale"
@@ -56,12 +59,14 @@ class ProductLookup:
 
 @dataclass(frozen=True)
 class RenderJob:
-    """Everything that decides the output bytes, once negotiated (format is concrete)."""
+    """Which image to render and how: everything that decides the output bytes.
+
+    The engine sees only the spec (the output); the pipeline also needs the image id
+    (which source to fetch, which cache entry to use).
+    """
 
     image_id: str
-    width: int
-    quality: int
-    format: str
+    spec: RenderSpec
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class SourcePolicy:
     quality: int = 98
 
     def params(self, job: RenderJob) -> tuple[int, str, int]:
-        return (self.width or job.width, self.format, self.quality)
+        return (self.width or job.spec.width, self.format, self.quality)
 
 
 @dataclass
@@ -105,91 +110,88 @@ class ImageRenderer:
                                           slot_timeout=cache.flight.wait_timeout)
         # Everything outside the request that changes the bytes: a new watermark, a new
         # ImageMagick or a new pipeline never serves an old render.
-        self._key_prefix = "|".join((PIPELINE_VERSION, imagemagick_version(),
-                                     engine.settings_key(), watermark_fingerprint))
+        self._key_prefix = "|".join((PIPELINE_VERSION, engine.settings_key(),
+                                     watermark_fingerprint))
 
     def cache_key(self, job: RenderJob) -> str:
         src_width, src_format, src_quality = self.source.params(job)
-        material = "|".join((self._key_prefix, job.image_id, str(job.width), str(job.quality),
-                             job.format, str(src_width), src_format, str(src_quality)))
+        spec = job.spec
+        material = "|".join((self._key_prefix, job.image_id, str(spec.width), str(spec.quality),
+                             spec.format, str(src_width), src_format, str(src_quality)))
         return hashlib.sha256(material.encode()).hexdigest()
 
     def _size_key(self, image_id: str, width: int) -> str:
         # Any format or quality comes out the same size; the source asked for may not.
-        return "|".join(("d:" + PIPELINE_VERSION, image_id, str(width),
+        return "|".join((PIPELINE_VERSION, image_id, str(width),
                          str(self.source.width or width)))
-
-    def _remember_size(self, job: RenderJob, width: int, height: int) -> None:
-        # For look-ups, so pages can reserve the space before the image loads.
-        self.cache.store.set(self._size_key(job.image_id, job.width),
-                             f"{width}x{height}".encode())
 
     def known_size(self, image_id: str, width: int) -> tuple[int, int] | None:
         """(width, height) of ``image_id`` rendered at ``width``, once a render showed it."""
-        raw = self.cache.store.get(self._size_key(image_id, width))
-        try:
-            shown_width, shown_height = (int(n) for n in raw.decode().split("x"))
-        except (AttributeError, ValueError):
-            return None
-        return shown_width, shown_height
+        return self.cache.rendered_size(self._size_key(image_id, width))
+
+    def _remember_size(self, job: RenderJob, width: int, height: int) -> None:
+        # For look-ups, so pages can reserve the space before the image loads.
+        self.cache.remember_size(self._size_key(job.image_id, job.spec.width), width, height)
 
     def etag(self, job: RenderJob) -> str:
         """Strong ETag known before rendering: same inputs, same bytes."""
         return '"' + self.cache_key(job)[:40] + '"'
 
     def _fetch(self, image_id: str, *, width: int, fmt: str,
-               quality: int) -> tuple[Source, str]:
-        """(source, its key) through the shared source cache; a copy each, as the engine
-        empties what it is given."""
+               quality: int) -> tuple[Source, Probe, str]:
+        """(source, its probe, its key) through the shared source cache.
+
+        Each caller gets its own copy, as the engine empties what it is given; a source
+        that does not even probe is dropped from the cache at once.
+        """
         key = f"{image_id}|{width}|{fmt}|{quality}"
         data = self.sources.get_or_fetch(
             key, lambda: self.client.fetch_image(image_id, width=width, fmt=fmt,
                                                  quality=quality).data)
-        return Source(bytearray(data)), key
+        source = Source(bytearray(data))
+        try:
+            return source, probe(source.data), key
+        except ServiceError:
+            self.sources.forget(key)
+            raise
 
-    def _fetch_source(self, job: RenderJob) -> tuple[Source, str]:
+    def _fetch_source(self, job: RenderJob) -> tuple[Source, Probe, str]:
+        """The source to render from, its probe and its source-cache key."""
         width, fmt, quality = self.source.params(job)
         if self.source.width:
             return self._fetch(job.image_id, width=width, fmt=fmt, quality=quality)
         # Upstream sizes the *stored* pixels: an EXIF-rotated portrait asked for at 960
         # comes back 960 tall and only 720 wide once upright. Ask once more, wide enough,
         # and remember the image's stored/shown ratio so other widths ask right at once.
-        hint_key = "o:" + job.image_id
-        hint = self.cache.store.get(hint_key)
-        ratio = float(hint) if hint else 1.0
+        ratio = self.cache.width_ratio(job.image_id)
         asked = min(MAX_SOURCE_WIDTH, math.ceil(width * ratio))
-        source, key = self._fetch(job.image_id, width=asked, fmt=fmt, quality=quality)
-        try:
-            _, stored_width, _ = probe(source.data)
-        except ServiceError:
-            self.sources.forget(key)
-            raise
-        shown_width, _ = displayed_size(source.data)
-        if shown_width < job.width and stored_width >= asked:
-            ratio = stored_width / shown_width
-            self.cache.store.set(hint_key, repr(ratio).encode())
-            wider = min(MAX_SOURCE_WIDTH, math.ceil(job.width * ratio))
-            source, key = self._fetch(job.image_id, width=wider, fmt=fmt, quality=quality)
-        return source, key
+        source, probed, key = self._fetch(job.image_id, width=asked, fmt=fmt,
+                                          quality=quality)
+        shown_width, _ = probed.shown_size
+        if shown_width < job.spec.width and probed.width >= asked:
+            ratio = probed.width / shown_width
+            self.cache.remember_width_ratio(job.image_id, ratio)
+            wider = min(MAX_SOURCE_WIDTH, math.ceil(job.spec.width * ratio))
+            return self._fetch(job.image_id, width=wider, fmt=fmt, quality=quality)
+        return source, probed, key
 
     def render(self, job: RenderJob) -> RenderResult:
         timings: dict[str, float] = {}
 
         def produce() -> Entry:
             started = time.perf_counter()
-            source, source_key = self._fetch_source(job)
+            source, probed, source_key = self._fetch_source(job)
             timings["upstream_ms"] = (time.perf_counter() - started) * 1000
             with self.slots.render_slot():
                 started = time.perf_counter()
                 try:
-                    rendered = self.engine.render(source.data, RenderSpec(
-                        width=job.width, quality=job.quality, format=job.format))
+                    rendered = self.engine.render(source.data, job.spec, probed)
                 except ServiceError:
                     # Not an image, truncated, too many pixels: nobody may render it again.
                     self.sources.forget(source_key)
                     raise
                 timings["render_ms"] = (time.perf_counter() - started) * 1000
-            metrics.RENDER_SECONDS.labels(job.format).observe(timings["render_ms"] / 1000)
+            metrics.RENDER_SECONDS.labels(job.spec.format).observe(timings["render_ms"] / 1000)
             self._remember_size(job, rendered.width, rendered.height)
             return Entry(data=rendered.data, mime=rendered.mime)
 
@@ -201,12 +203,12 @@ class ImageRenderer:
         metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss").inc()
         if cached:
             metrics.CACHE_BYTES.inc(len(entry.data))
-            if self.known_size(job.image_id, job.width) is None:
+            if self.known_size(job.image_id, job.spec.width) is None:
                 # Rendered before sizes were kept: read it off the header, once.
                 try:
-                    _, width, height = probe(entry.data)
+                    rendered = probe(entry.data)
                 except UnsupportedImage:
                     pass  # AVIF: no header reader here; known after its next render
                 else:
-                    self._remember_size(job, width, height)
+                    self._remember_size(job, rendered.width, rendered.height)
         return RenderResult(entry, cached, timings.get("upstream_ms"), timings.get("render_ms"))
