@@ -14,6 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import (DEFAULT_WATERMARK_FONT, ConfigError, Settings, load_settings,
                      per_worker_limit_problems)
+from .services.redisconn import limiter_storage_options
 
 if TYPE_CHECKING:
     from .services.cache import Store
@@ -51,6 +52,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=64 * 1024,
         RATELIMIT_STORAGE_URI=settings.limits.storage_uri,
+        RATELIMIT_STORAGE_OPTIONS=limiter_storage_options(settings.limits.storage_uri),
         RATELIMIT_HEADERS_ENABLED=True,
         # Flask-Limiter would put its window's end in Retry-After on every response,
         # overriding the circuit breaker's; ours is set on 429s by the error handler.
@@ -151,8 +153,8 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     # A missing font or logo stops the worker from booting instead of failing each image.
     engine.check_watermark()
     cache = settings.cache
-    store, redis_client = open_store(cache, default_cache_dir(str(instance_path)))
-    client = DoppelClient.from_settings(settings.upstream, redis_client=redis_client)
+    store, shared = open_store(cache, default_cache_dir(str(instance_path)))
+    client = DoppelClient.from_settings(settings.upstream, shared=shared)
     upstream = settings.upstream
     return Services(
         settings=settings,

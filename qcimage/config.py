@@ -160,8 +160,20 @@ def read_upstream(reader: EnvReader) -> UpstreamSettings:
     )
 
 
+def _check_redis_url(reader: EnvReader, name: str, url: str | None) -> None:
+    from .services.redisconn import RedisURLError, parse_redis_url
+
+    if url is None:
+        return
+    try:
+        parse_redis_url(url)
+    except RedisURLError as error:
+        # The URL may carry a password: name the variable, never echo the value.
+        reader.errors.append(f"{PREFIX}{name} {error}")
+
+
 def read_cache(reader: EnvReader, directory: Path | None) -> CacheSettings:
-    return CacheSettings(
+    cache = CacheSettings(
         dir=directory,
         # At least 64 MiB: a cache that evicts a render as it is stored would leave the
         # requests waiting for that render with nothing to read.
@@ -171,6 +183,8 @@ def read_cache(reader: EnvReader, directory: Path | None) -> CacheSettings:
         lookup_ttl=reader.int("LOOKUP_CACHE_TTL", 300, 0, 86400),
         render_wait_timeout=reader.float("RENDER_WAIT_TIMEOUT", 10.0, 0.1, 120),
     )
+    _check_redis_url(reader, "REDIS_URL", cache.redis_url)
+    return cache
 
 
 def read_imaging(reader: EnvReader) -> ImagingSettings:
@@ -201,6 +215,8 @@ def read_limits(reader: EnvReader) -> LimitSettings:
         image=reader.str("IMAGE_RATE_LIMIT", "300 per 15 minutes") or "",
         worker_timeout=reader.int("WORKER_TIMEOUT", *WORKER_TIMEOUT),
     )
+    if limits.storage_uri.startswith("redis"):
+        _check_redis_url(reader, "RATELIMIT_STORAGE_URI", limits.storage_uri)
     for name, value in (("LOOKUP_RATE_LIMIT", limits.lookup),
                         ("IMAGE_RATE_LIMIT", limits.image)):
         try:

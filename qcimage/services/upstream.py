@@ -23,6 +23,7 @@ from . import ServiceError
 
 if TYPE_CHECKING:
     from ..config import UpstreamSettings
+    from .cache import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,11 @@ def _is_healthy_answer(error: BaseException) -> bool:
 
 
 def make_breaker(*, fail_max: int = 5, reset_timeout: float = 30.0,
-                 redis_client=None) -> pybreaker.CircuitBreaker:
+                 redis_client=None, redis_cluster: bool = False) -> pybreaker.CircuitBreaker:
     """A breaker per process, or shared by every worker and box through Redis."""
     storage = None
     if redis_client is not None:
-        storage = _SharedBreakerStorage(redis_client)
+        storage = _SharedBreakerStorage(redis_client, cluster_mode=redis_cluster)
     return pybreaker.CircuitBreaker(
         fail_max=fail_max, reset_timeout=reset_timeout, exclude=[_is_healthy_answer],
         state_storage=storage, name="upstream", throw_new_error_on_trip=False,
@@ -123,10 +124,12 @@ class _CircuitWatcher(pybreaker.CircuitBreakerListener):
 class _SharedBreakerStorage(pybreaker.CircuitRedisStorage):
     """pybreaker's Redis storage that also starts while Redis is down (then: closed)."""
 
-    def __init__(self, redis_client):
+    def __init__(self, redis_client, cluster_mode: bool = False):
         # pybreaker logs a full traceback on every Redis error; our cache logs outages once.
         logging.getLogger(pybreaker.__name__).setLevel(logging.CRITICAL)
-        super().__init__(pybreaker.STATE_CLOSED, redis_client, namespace="qcimage")
+        # Cluster: no multi-key transactions (the keys may live on different nodes).
+        super().__init__(pybreaker.STATE_CLOSED, redis_client, namespace="qcimage",
+                         cluster_mode=cluster_mode)
 
     def _initialize_redis_state(self, state: str) -> None:
         try:
@@ -175,15 +178,17 @@ class DoppelClient:
         self.session.mount("https://", adapter)
 
     @classmethod
-    def from_settings(cls, upstream: UpstreamSettings, *, redis_client=None) -> DoppelClient:
-        """The client the settings describe; a Redis client shares the circuit's state."""
+    def from_settings(cls, upstream: UpstreamSettings, *,
+                      shared: RedisStore | None = None) -> DoppelClient:
+        """The client the settings describe; a shared store shares the circuit's state."""
         return cls(upstream.url, connect_timeout=upstream.connect_timeout,
                    read_timeout=upstream.read_timeout, lookup_deadline=upstream.lookup_timeout,
                    image_deadline=upstream.image_timeout,
                    max_image_bytes=upstream.max_source_bytes, retries=upstream.retries,
                    breaker=make_breaker(fail_max=upstream.breaker_fail_max,
                                         reset_timeout=upstream.breaker_reset_timeout,
-                                        redis_client=redis_client))
+                                        redis_client=shared and shared.client,
+                                        redis_cluster=bool(shared and shared.is_cluster)))
 
     def circuit_state(self) -> str:
         """``closed``, ``open`` or ``half-open``.
