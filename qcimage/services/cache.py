@@ -13,11 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import diskcache
 
 from .flight import Flight
+
+if TYPE_CHECKING:
+    from ..config import CacheSettings
 
 log = logging.getLogger(__name__)
 
@@ -327,3 +330,23 @@ class LookupCache:
             return ids
 
         return self.flight.run(_LOOKUP + key, fresh, fetch_and_keep)
+
+
+def open_store(cache: CacheSettings, default_dir: Path) -> tuple[Store, RedisStore | None]:
+    """The store the settings describe, and the shared Redis store in it if there is one.
+
+    The disk cache on its own, or in front of Redis so that several boxes share it.
+    """
+    store: Store = DiskStore(cache.dir or default_dir, cache.max_bytes)
+    if not cache.redis_url:
+        return store, None
+    shared = RedisStore(cache.redis_url)
+    return TieredStore(store, shared), shared
+
+
+def open_source_store(cache: CacheSettings, default_dir: Path,
+                      shared: RedisStore | None) -> Store:
+    """Fetched sources in a folder of their own, so their byte bound is theirs alone;
+    in front of the same Redis as the rest when there is one."""
+    store: Store = DiskStore((cache.dir or default_dir) / "sources", cache.source_max_bytes)
+    return TieredStore(store, shared) if shared is not None else store

@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import requests
 import urllib3.exceptions
@@ -18,6 +19,10 @@ from .. import metrics
 from ..vocabulary import IMAGE_ID
 from . import ServiceError
 from .breaker import CircuitBreaker, CircuitOpen, MemoryState, RedisState
+
+if TYPE_CHECKING:
+    from ..config import UpstreamSettings
+    from .cache import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +146,22 @@ class DoppelClient:
         adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+
+    @classmethod
+    def from_settings(cls, upstream: UpstreamSettings, *, pool_size: int,
+                      shared: RedisStore | None = None) -> DoppelClient:
+        """The client the settings describe; a shared store shares the circuit's state.
+
+        ``pool_size``: the threads that may ask upstream at once (one connection each).
+        """
+        return cls(upstream.url, connect_timeout=upstream.connect_timeout,
+                   read_timeout=upstream.read_timeout, lookup_deadline=upstream.lookup_timeout,
+                   image_deadline=upstream.image_timeout,
+                   max_image_bytes=upstream.max_source_bytes, retries=upstream.retries,
+                   pool_size=pool_size,
+                   breaker=make_breaker(fail_max=upstream.breaker_fail_max,
+                                        reset_timeout=upstream.breaker_reset_timeout,
+                                        redis_client=shared and shared.client))
 
     def circuit_state(self) -> str:
         """``closed``, ``open`` or ``half-open`` (past the reset timeout: a probe may go)."""
