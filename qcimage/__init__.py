@@ -177,7 +177,8 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
                                 ttl=cache.source_ttl, max_bytes=cache.source_max_bytes,
                                 wait_timeout=fetch_wait),
             slots=RenderSlots(slots=workers.render_slots, queue=workers.render_queue,
-                              slot_timeout=cache.render_wait_timeout)),
+                              slot_timeout=cache.render_wait_timeout,
+                              render_timeout=settings.limits.worker_timeout)),
         client=client,
         store=store,
     )

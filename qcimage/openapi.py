@@ -77,7 +77,8 @@ _ERRORS = {
     429: "Rate limit hit; `Retry-After` says when to try again.",
     500: "Internal error (quote the `requestId`).",
     502: "Upstream answered with an error or garbage.",
-    503: "Upstream circuit open or a required backing service down; see `Retry-After`.",
+    503: ("Upstream circuit open, a required backing service down, or `overloaded`: too many "
+          "image misses queued on the worker; see `Retry-After`."),
     504: "Upstream timed out.",
 }
 

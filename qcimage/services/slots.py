@@ -9,10 +9,14 @@ flood of misses never takes the threads that hits, 304s, look-ups and ``/health`
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from contextlib import contextmanager
 
 from . import ServiceError
+
+log = logging.getLogger(__name__)
 
 
 class Overloaded(ServiceError):
@@ -22,10 +26,14 @@ class Overloaded(ServiceError):
 
 
 class RenderSlots:
-    def __init__(self, *, slots: int, queue: int, slot_timeout: float):
+    def __init__(self, *, slots: int, queue: int, slot_timeout: float,
+                 render_timeout: float | None = None):
         self.slots = slots
         self.queue = queue
         self.slot_timeout = slot_timeout
+        # A render running longer than this ends the worker, as gunicorn's timeout used to
+        # when one request was the whole worker: a thread cannot be killed on its own.
+        self.render_timeout = render_timeout
         self._free = threading.BoundedSemaphore(slots)
         self._lock = threading.Lock()
         self._admitted = 0
@@ -49,7 +57,21 @@ class RenderSlots:
         """One of the worker's render slots for the CPU-bound part of a miss."""
         if not self._free.acquire(timeout=self.slot_timeout):
             raise Overloaded("no render slot came free in time; try again in a moment")
+        watchdog = None
+        if self.render_timeout:
+            watchdog = threading.Timer(self.render_timeout, _stuck, (self.render_timeout,))
+            watchdog.daemon = True
+            watchdog.start()
         try:
             yield
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             self._free.release()
+
+
+def _stuck(seconds: float) -> None:
+    log.critical("a render has run for %gs (a pathological source?); ending this worker so "
+                 "gunicorn starts a fresh one", seconds)
+    logging.shutdown()
+    os._exit(70)

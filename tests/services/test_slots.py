@@ -38,3 +38,17 @@ def test_render_slots_bound_renders_at_once():
 
     run_together(6, render)
     assert most[0] == 2
+
+
+def test_a_render_stuck_past_its_timeout_ends_the_worker(tmp_path):
+    # In a child process: the watchdog ends the process it runs in.
+    import subprocess
+    import sys
+
+    script = ("import time\nfrom qcimage.services.slots import RenderSlots\n"
+              "slots = RenderSlots(slots=1, queue=1, slot_timeout=1, render_timeout=0.2)\n"
+              "with slots.render_slot():\n    time.sleep(30)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=20)
+    assert done.returncode == 70
+    assert "a render has run for 0.2s" in done.stderr
