@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .services.cache import Store
     from .services.pipeline import ImageRenderer, ProductLookup
     from .services.signing import Signer
+    from .services.takedown import TakedownList
     from .services.upstream import DoppelClient
 
 __all__ = ["create_app", "ConfigError", "current_services", "startup_report"]
@@ -34,6 +35,7 @@ class Services:
     renderer: ImageRenderer
     client: DoppelClient
     store: Store
+    takedowns: TakedownList
 
 
 def current_services() -> Services:
@@ -78,8 +80,10 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     return app
 
 
-def default_cache_dir(instance_path: str) -> Path:
-    """The cache folder when ``QCIMAGE_CACHE_DIR`` is unset."""
+def default_cache_dir(instance_path: str | None = None) -> Path:
+    """The cache folder when ``QCIMAGE_CACHE_DIR`` is unset (the app's instance path's)."""
+    if instance_path is None:
+        instance_path = Flask(__name__, instance_relative_config=True).instance_path
     return Path(instance_path) / "cache"
 
 
@@ -89,10 +93,9 @@ def startup_report() -> str | None:
     For the gunicorn master, which checks once before forking: it reads what
     create_app reads and builds nothing (no ImageMagick in the master).
     """
-    instance_path = Flask(__name__, instance_relative_config=True).instance_path
     environ = _environment(None)
     try:
-        settings = load_settings(environ, default_cache_dir=default_cache_dir(instance_path))
+        settings = load_settings(environ, default_cache_dir=default_cache_dir())
     except ConfigError as error:
         problems = error.problems
     else:
@@ -138,10 +141,11 @@ def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
 
 
 def build_services(settings: Settings, instance_path: Path) -> Services:
-    from .services.cache import DiskStore, LookupCache, RedisStore, RenderCache, TieredStore
+    from .services.cache import LookupCache, RenderCache, open_store, redis_client_of
     from .services.imaging import ImagingEngine, Watermark, WatermarkLayer
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
+    from .services.takedown import SNAPSHOT_FILE, TakedownList, open_takedowns
     from .services.upstream import DoppelClient, make_breaker
 
     watermark = Watermark(layers=tuple(
@@ -154,13 +158,14 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
                            webp_method=settings.webp_method)
     # A missing font or logo stops the worker from booting instead of failing each image.
     engine.check_watermark()
-    store = DiskStore(settings.cache_dir or default_cache_dir(str(instance_path)),
-                      settings.cache_max_bytes)
-    redis_client = None
-    if settings.redis_url:
-        shared = RedisStore(settings.redis_url)
-        redis_client = shared.client
-        store = TieredStore(store, shared)
+    cache_dir = settings.cache_dir or default_cache_dir(str(instance_path))
+    store = open_store(cache_dir, settings.cache_max_bytes, settings.redis_url)
+    redis_client = redis_client_of(store)
+    # With Redis, the box keeps a snapshot of the list: a worker starting while Redis is
+    # down still refuses what was taken down.
+    takedowns = TakedownList(open_takedowns(cache_dir, redis_client),
+                             refresh=settings.takedown_refresh, purge=store.purge,
+                             snapshot=cache_dir / SNAPSHOT_FILE if redis_client else None)
     client = DoppelClient(
         settings.upstream_url, connect_timeout=settings.upstream_connect_timeout,
         read_timeout=settings.upstream_read_timeout, lookup_deadline=settings.lookup_total_timeout,
@@ -172,14 +177,16 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     return Services(
         settings=settings,
         signer=Signer(settings.signing_keys),
-        lookup=ProductLookup(client, LookupCache(store, ttl=settings.lookup_cache_ttl)),
+        lookup=ProductLookup(client, LookupCache(store, ttl=settings.lookup_cache_ttl),
+                             takedowns),
         renderer=ImageRenderer(
             client, RenderCache(store, wait_timeout=settings.render_wait_timeout), engine,
             source=SourcePolicy(settings.source_width, settings.source_format,
                                 settings.source_quality),
-            watermark_fingerprint=watermark.fingerprint()),
+            watermark_fingerprint=watermark.fingerprint(), takedowns=takedowns),
         client=client,
         store=store,
+        takedowns=takedowns,
     )
 
 
@@ -221,7 +228,8 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from .cli import keys_cli, secrets_cli
+    from .cli import keys_cli, secrets_cli, takedown_cli
 
     app.cli.add_command(keys_cli)
     app.cli.add_command(secrets_cli)
+    app.cli.add_command(takedown_cli)

@@ -92,11 +92,27 @@ class Settings:
     watermark: tuple[WatermarkSettings, ...]
     log_format: str
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    takedown_refresh: float
+    shared_cache_ttl: int
     demo_secrets: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where the caches and the takedown list live, and how fast a takedown spreads.
+
+    All that ``qcimage takedown`` needs, so it runs without the service's secrets.
+    """
+
+    cache_dir: Path | None
+    cache_max_bytes: int
+    redis_url: str | None
+    takedown_refresh: float
+    shared_cache_ttl: int
 
 
 def new_signing_key() -> str:
@@ -298,6 +314,32 @@ def _create_whole(path: Path, text: str) -> None:
         draft.unlink()
 
 
+def _parse_storage(reader: _Reader, default_cache_dir: Path | None) -> StorageSettings:
+    return StorageSettings(
+        cache_dir=reader.path("CACHE_DIR", default_cache_dir),
+        # At least 64 MiB: a cache that evicts a render as it is stored would leave the
+        # requests waiting for that render with nothing to read.
+        cache_max_bytes=reader.int("CACHE_MAX_BYTES", 2 * 1024 ** 3, 64 * 1024 ** 2,
+                                   1024 ** 4),
+        redis_url=reader.str("REDIS_URL", None),
+        # A takedown is in force on every worker within this (DESIGN: within 5 s).
+        takedown_refresh=reader.float("TAKEDOWN_REFRESH", 2.0, 0.0, 5.0),
+        # How long nginx and CDNs may keep an image without asking again: a takedown
+        # reaches them within it, twice it with a CDN in front of nginx (at most 10 min).
+        shared_cache_ttl=reader.int("SHARED_CACHE_TTL", 240, 0, 300),
+    )
+
+
+def load_storage_settings(environ: Mapping[str, str], *,
+                          default_cache_dir: Path | None = None) -> StorageSettings:
+    """Only the storage settings, validated; raise ConfigError listing every problem."""
+    reader = _Reader(environ)
+    storage = _parse_storage(reader, default_cache_dir)
+    if reader.errors:
+        raise ConfigError(reader.errors)
+    return storage
+
+
 def load_settings(environ: Mapping[str, str] | None = None, *,
                   default_cache_dir: Path | None = None) -> Settings:
     """Read and validate the settings; raise ConfigError listing every problem.
@@ -311,7 +353,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     public_url = _check_url(reader, "PUBLIC_URL", reader.str("PUBLIC_URL", None))
     demo: dict[str, str] = {}
 
-    cache_dir = reader.path("CACHE_DIR", default_cache_dir)
+    storage = _parse_storage(reader, default_cache_dir)
+    cache_dir = storage.cache_dir
 
     if env == "production":
         for name, value in (("API_KEYS", api_keys), ("SIGNING_KEYS", signing_keys),
@@ -344,7 +387,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
                                                                    "https://doppel.fit")) or "",
         ratelimit_storage_uri=reader.str("RATELIMIT_STORAGE_URI", "memory://") or "memory://",
         cache_dir=cache_dir,
-        redis_url=reader.str("REDIS_URL", None),
+        redis_url=storage.redis_url,
         trusted_proxies=trusted_proxies,
         cors_origins=reader.csv("CORS_ORIGINS"),
         force_https=reader.bool("FORCE_HTTPS", env == "production" and trusted_proxies > 0),
@@ -370,10 +413,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         source_width=reader.int("SOURCE_WIDTH", 0, 0, 10000),
         source_format=reader.choice("SOURCE_FORMAT", "jpeg", ("jpeg", "png", "webp")),
         source_quality=reader.int("SOURCE_QUALITY", 98, 1, 100),
-        # At least 64 MiB: a cache that evicts a render as it is stored would leave the
-        # requests waiting for that render with nothing to read.
-        cache_max_bytes=reader.int("CACHE_MAX_BYTES", 2 * 1024 ** 3, 64 * 1024 ** 2,
-                                   1024 ** 4),
+        cache_max_bytes=storage.cache_max_bytes,
         lookup_cache_ttl=reader.int("LOOKUP_CACHE_TTL", 300, 0, 86400),
         render_wait_timeout=reader.float("RENDER_WAIT_TIMEOUT", 10.0, 0.1, 120),
         resize_filter=reader.choice("RESIZE_FILTER", "area",
@@ -384,6 +424,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         log_format=reader.choice("LOG_FORMAT", "json" if env == "production" else "text",
                                  ("json", "text")),
         metrics_allow=_parse_networks(reader, "METRICS_ALLOW", "127.0.0.1/32,::1/128"),
+        takedown_refresh=storage.takedown_refresh,
+        shared_cache_ttl=storage.shared_cache_ttl,
         demo_secrets=demo,
     )
     for fmt in settings.auto_formats:

@@ -14,7 +14,7 @@ from .errors import APIError
 PLATFORMS = ("WEIDIAN", "TAOBAO", "1688", "TMALL")
 FORMATS = ("webp", "jpeg", "png", "avif", "auto")
 _ID = r"^[A-Za-z0-9_-]{1,50}\Z"
-_IMAGE_ID = r"^[A-Za-z0-9_-]{1,64}\Z"
+IMAGE_ID = r"^[A-Za-z0-9_-]{1,64}\Z"
 # Canonical decimal only: "0960", "+960", " 960" and "9.6e2" are refused instead of
 # being read as 960, so one output has one URL (and one signature).
 _CANONICAL_INT = re.compile(r"^(0|[1-9][0-9]{0,9})\Z")
@@ -85,7 +85,7 @@ class ProductQuerySchema(QuerySchema):
 class ImageQuerySchema(QuerySchema):
     """The public image URL. Values stay exactly as sent so the signature covers them."""
 
-    url = fields.String(required=True, validate=validate.Regexp(_IMAGE_ID),
+    url = fields.String(required=True, validate=validate.Regexp(IMAGE_ID),
                         metadata={"rule": "is an image id: it may only contain letters, "
                                           "digits, '_' and '-' (1-64 characters)",
                                   "example": "n4EYdIoE"})

@@ -12,6 +12,7 @@ from .. import metrics
 from .cache import Entry, LookupCache, RenderCache, RenderTimeout
 from .imaging import (ImagingEngine, RenderSpec, UnsupportedImage, displayed_size,
                       imagemagick_version, probe)
+from .takedown import TakedownList
 from .upstream import DoppelClient, Source, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -23,15 +24,23 @@ MAX_SOURCE_WIDTH = 5000
 
 
 class ProductLookup:
-    """Product look-ups through a short-lived cache; stale copies cover upstream outages."""
+    """Product look-ups through a short-lived cache; stale copies cover upstream outages.
 
-    def __init__(self, client: DoppelClient, cache: LookupCache):
+    Images taken down are left out of every answer, cached or not.
+    """
+
+    def __init__(self, client: DoppelClient, cache: LookupCache, takedowns: TakedownList):
         self.client = client
         self.cache = cache
+        self.takedowns = takedowns
 
     def image_ids(self, product_id: str, platform: str) -> tuple[list[str], str]:
         """(image ids, "hit" | "miss" | "stale"). Raises the upstream errors when nothing
         cached can stand in."""
+        ids, status = self._image_ids(product_id, platform)
+        return self.takedowns.without(ids), status
+
+    def _image_ids(self, product_id: str, platform: str) -> tuple[list[str], str]:
         key = f"{platform}:{product_id}"
         cached = self.cache.get(key)
         if cached is not None and cached[1]:
@@ -82,14 +91,18 @@ class RenderResult:
 
 
 class ImageRenderer:
-    """Cache → (one worker) fetch source → render with watermark → cache."""
+    """Cache → (one worker) fetch source → render with watermark → cache.
+
+    Every entry is stored tagged with its image id, so a takedown purges them all.
+    """
 
     def __init__(self, client: DoppelClient, cache: RenderCache, engine: ImagingEngine, *,
-                 source: SourcePolicy, watermark_fingerprint: str):
+                 source: SourcePolicy, watermark_fingerprint: str, takedowns: TakedownList):
         self.client = client
         self.cache = cache
         self.engine = engine
         self.source = source
+        self.takedowns = takedowns
         # Everything outside the request that changes the bytes: a new watermark, a new
         # ImageMagick or a new pipeline never serves an old render.
         self._key_prefix = "|".join((PIPELINE_VERSION, imagemagick_version(),
@@ -109,7 +122,7 @@ class ImageRenderer:
     def _remember_size(self, job: RenderJob, width: int, height: int) -> None:
         # For look-ups, so pages can reserve the space before the image loads.
         self.cache.store.set(self._size_key(job.image_id, job.width),
-                             f"{width}x{height}".encode())
+                             f"{width}x{height}".encode(), tag=job.image_id)
 
     def known_size(self, image_id: str, width: int) -> tuple[int, int] | None:
         """(width, height) of ``image_id`` rendered at ``width``, once a render showed it."""
@@ -140,7 +153,7 @@ class ImageRenderer:
         shown_width, _ = displayed_size(source.data)
         if shown_width < job.width and stored_width >= asked:
             ratio = stored_width / shown_width
-            self.cache.store.set(hint_key, repr(ratio).encode())
+            self.cache.store.set(hint_key, repr(ratio).encode(), tag=job.image_id)
             wider = min(MAX_SOURCE_WIDTH, math.ceil(job.width * ratio))
             source = self.client.fetch_image(job.image_id, width=wider, fmt=fmt,
                                              quality=quality)
@@ -159,11 +172,14 @@ class ImageRenderer:
                                                                   format=job.format))
             timings["render_ms"] = (time.perf_counter() - started) * 1000
             metrics.RENDER_SECONDS.labels(job.format).observe(timings["render_ms"] / 1000)
+            # Taken down while this render ran: neither stored nor served.
+            self.takedowns.check(job.image_id)
             self._remember_size(job, rendered.width, rendered.height)
             return Entry(data=rendered.data, mime=rendered.mime)
 
         try:
-            entry, cached = self.cache.get_or_render(self.cache_key(job), produce)
+            entry, cached = self.cache.get_or_render(self.cache_key(job), produce,
+                                                     tag=job.image_id)
         except RenderTimeout:
             raise UpstreamTimeout("timed out waiting for the image to be rendered") from None
         metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss").inc()
