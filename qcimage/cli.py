@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import sys
 import time
 from pathlib import Path
@@ -125,7 +124,7 @@ class _TakedownPlace:
 
     def __init__(self):
         from . import _environment, default_cache_dir
-        from .services.cache import open_store, redis_client_of
+        from .services.cache import open_store, shared_store_of
         from .services.takedown import open_takedowns
 
         try:
@@ -137,7 +136,8 @@ class _TakedownPlace:
         _check_owner(cache_dir)
         self.store = open_store(cache_dir, self.settings.cache_max_bytes,
                                 self.settings.redis_url)
-        self.takedowns = open_takedowns(cache_dir, redis_client_of(self.store))
+        self.takedowns = open_takedowns(cache_dir, shared_store_of(self.store),
+                                        self.settings.redis_url)
 
     def __call__(self, action, *args):
         try:
@@ -168,9 +168,9 @@ def _check_owner(cache_dir: Path) -> None:
 
 
 def _image_id(ctx, param, value: str) -> str:
-    from .schemas import IMAGE_ID
+    from .vocabulary import IMAGE_ID
 
-    if not re.match(IMAGE_ID, value):
+    if not IMAGE_ID.match(value):
         raise click.BadParameter("an image id is 1-64 letters, digits, '_' or '-' (the "
                                  "`url` of an image link, `original` in a look-up)")
     return value

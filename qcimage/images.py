@@ -10,13 +10,14 @@ from . import current_services
 from .errors import error_response
 from .extensions import client_ip, limiter
 from .schemas import ImageQuerySchema, load_query
+from .services.imaging import RenderSpec
 from .services.pipeline import RenderJob
 from .services.signing import SIGNED_PARAMS
 from .services.takedown import TakenDown
+from .vocabulary import OUTPUT_FORMATS
 
 bp = Blueprint("images", __name__)
 _query = ImageQuerySchema()
-_MIME = {"avif": "image/avif", "webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png"}
 _MAX_AGE = 86400
 
 
@@ -34,7 +35,7 @@ def negotiate(requested: str, preferences: tuple[str, ...]) -> str:
         return requested
     accepted = {value.lower() for value, quality in request.accept_mimetypes if quality > 0}
     for fmt in preferences[:-1]:
-        if _MIME[fmt] in accepted:
+        if OUTPUT_FORMATS[fmt] in accepted:
             return fmt
     return preferences[-1]
 
@@ -79,8 +80,8 @@ def image():
     services.signer.verify({name: request.args.get(name) for name in SIGNED_PARAMS}, args["sig"])
     # Before the 304: a shared cache revalidating its copy must hear of the takedown.
     services.takedowns.check(args["url"])
-    job = RenderJob(image_id=args["url"], width=args["width"], quality=args["quality"],
-                    format=negotiate(args["format"], services.settings.auto_formats))
+    job = RenderJob(args["url"], RenderSpec(
+        args["width"], args["quality"], negotiate(args["format"], services.settings.auto_formats)))
     etag = services.renderer.etag(job)
     headers = _caching_headers(args, etag, services.settings.shared_cache_ttl)
     if request.if_none_match.contains_weak(etag.strip('"')) or request.if_none_match.star_tag:

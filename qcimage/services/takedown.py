@@ -16,11 +16,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import diskcache
 
 from . import ServiceError
+
+if TYPE_CHECKING:
+    from .cache import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -103,35 +107,36 @@ class DiskTakedowns:
 
 
 class RedisTakedowns:
-    """The list in Redis: one hash of records and a counter bumped by every change."""
+    """The list in Redis: one hash of records and a counter bumped after every change.
 
-    def __init__(self, client, *, prefix: str = "qcimage:"):
-        import redis
+    No MULTI (a Redis Cluster may not run one): a change is written before its version,
+    and read after it, so a reader never keeps a version newer than what it loaded.
+    """
 
-        self.errors = (redis.RedisError, OSError)
+    def __init__(self, client, *, where: str, prefix: str = "qcimage:"):
+        from .redisconn import ERRORS
+
+        self.errors = ERRORS
         self.client = client
+        self.where = where
         self.key = prefix + "takedowns"
         self.version_key = self.key + ":version"
-        url = client.connection_pool.connection_kwargs
-        self.where = f"Redis at {url.get('host', '?')}:{url.get('port', '?')}/{url.get('db', 0)}"
 
     def version(self) -> str:
         return (self.client.get(self.version_key) or b"0").decode()
 
     def load(self) -> tuple[str, dict[str, Takedown]]:
-        with self.client.pipeline() as pipe:
-            version, records = pipe.get(self.version_key).hgetall(self.key).execute()
-        return ((version or b"0").decode(),
-                {key.decode(): Takedown.unpack(value) for key, value in records.items()})
+        version = self.version()
+        records = self.client.hgetall(self.key)
+        return version, {key.decode(): Takedown.unpack(value) for key, value in records.items()}
 
     def add(self, takedown: Takedown) -> None:
-        with self.client.pipeline() as pipe:
-            pipe.hset(self.key, takedown.image_id, takedown.pack()).incr(self.version_key)
-            pipe.execute()
+        self.client.hset(self.key, takedown.image_id, takedown.pack())
+        self.client.incr(self.version_key)
 
     def remove(self, image_id: str) -> bool:
-        with self.client.pipeline() as pipe:
-            removed, _ = pipe.hdel(self.key, image_id).incr(self.version_key).execute()
+        removed = self.client.hdel(self.key, image_id)
+        self.client.incr(self.version_key)
         return bool(removed)
 
 
@@ -223,8 +228,12 @@ class TakedownList:
                         error.strerror)
 
 
-def open_takedowns(cache_dir: Path, redis_client=None) -> TakedownStore:
+def open_takedowns(cache_dir: Path, shared: RedisStore | None = None,
+                   redis_url: str | None = None) -> TakedownStore:
     """Redis when the service has one (every box sees it), else the box's cache folder."""
-    if redis_client is not None:
-        return RedisTakedowns(redis_client)
+    if shared is not None:
+        # Named without its credentials: this ends up in messages and logs.
+        parts = urlsplit(redis_url or "")
+        where = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        return RedisTakedowns(shared.client, where=f"Redis at {where}")
     return DiskTakedowns(cache_dir / TAKEDOWN_FOLDER)

@@ -7,6 +7,7 @@ import json
 import pytest
 import redis
 
+from qcimage.services.cache import RedisStore
 from qcimage.services.takedown import (DiskTakedowns, RedisTakedowns, Takedown, TakedownList,
                                        TakenDown, open_takedowns)
 from tools import harness
@@ -24,9 +25,8 @@ def open_store(request, tmp_path, redis_url):
     """``open_store()`` → a new view of one takedown store, as another process would open it."""
     if request.param == "disk":
         return lambda: open_takedowns(tmp_path)
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    return lambda: open_takedowns(tmp_path, redis.Redis.from_url(redis_url))
+    redis.Redis.from_url(redis_url).flushdb()
+    return lambda: open_takedowns(tmp_path, RedisStore(redis_url), redis_url)
 
 
 def record(image_id, reason=""):
@@ -35,7 +35,10 @@ def record(image_id, reason=""):
 
 def test_both_stores_are_chosen_as_the_service_configures_them(tmp_path, redis_url):
     assert isinstance(open_takedowns(tmp_path), DiskTakedowns)
-    assert isinstance(open_takedowns(tmp_path, redis.Redis.from_url(redis_url)), RedisTakedowns)
+    user_url = redis_url.replace("redis://", "redis://user:secret@")
+    in_redis = open_takedowns(tmp_path, RedisStore(redis_url), user_url)
+    assert isinstance(in_redis, RedisTakedowns)
+    assert in_redis.where == f"Redis at {redis_url}" and "secret" not in in_redis.where
 
 
 def test_every_view_of_the_store_sees_each_change_and_a_new_version(open_store):
