@@ -16,7 +16,9 @@ from pathlib import Path
 import click
 
 from .auth import new_api_key
-from .config import PREFIX, ConfigError, hash_api_key, load_storage_settings, new_signing_key
+from .config import ConfigError, load_cache_settings
+from .envreader import PREFIX
+from .keys import hash_api_key, new_signing_key
 
 _TENANTS_FILE = PREFIX + "TENANTS_FILE"
 
@@ -124,19 +126,17 @@ class _TakedownPlace:
 
     def __init__(self):
         from . import _environment, default_cache_dir
-        from .services.cache import open_store, shared_store_of
+        from .services.cache import open_store
         from .services.takedown import open_takedowns
 
+        default_dir = default_cache_dir()
         try:
-            self.settings = load_storage_settings(_environment(None),
-                                                  default_cache_dir=default_cache_dir())
+            self.settings = load_cache_settings(_environment(None), default_cache_dir=default_dir)
         except ConfigError as error:
             raise click.ClickException(str(error)) from None
-        cache_dir = self.settings.cache_dir
-        _check_owner(cache_dir)
-        self.store = open_store(cache_dir, self.settings.cache_max_bytes,
-                                self.settings.redis_url)
-        self.takedowns = open_takedowns(cache_dir, shared_store_of(self.store),
+        _check_owner(self.settings.dir or default_dir)
+        self.store, shared = open_store(self.settings, default_dir)
+        self.takedowns = open_takedowns(self.settings.dir or default_dir, shared,
                                         self.settings.redis_url)
 
     def __call__(self, action, *args):

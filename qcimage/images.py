@@ -21,7 +21,7 @@ _query = ImageQuerySchema()
 _MAX_AGE = 86400
 
 
-limiter.limit(lambda: current_services().settings.image_limit, key_func=client_ip,
+limiter.limit(lambda: current_services().settings.limits.image, key_func=client_ip,
               methods=["GET", "HEAD"])(bp)
 
 
@@ -68,7 +68,7 @@ def taken_down(error: TakenDown):
     # nginx keeps the 451 in place of the image it cached, so it stops serving that copy
     # even while the app is down (proxy_cache_use_stale). nginx before 1.23 honours
     # X-Accel-Expires only ahead of Cache-Control: no-store, which error_response puts last.
-    ttl = current_services().settings.shared_cache_ttl
+    ttl = current_services().settings.cache.shared_cache_ttl
     return error_response(error.status, error.code, error.message,
                           headers={"X-Accel-Expires": str(ttl)})
 
@@ -80,10 +80,10 @@ def image():
     services.signer.verify({name: request.args.get(name) for name in SIGNED_PARAMS}, args["sig"])
     # Before the 304: a shared cache revalidating its copy must hear of the takedown.
     services.takedowns.check(args["url"])
-    job = RenderJob(args["url"], RenderSpec(
-        args["width"], args["quality"], negotiate(args["format"], services.settings.auto_formats)))
+    fmt = negotiate(args["format"], services.settings.imaging.auto_formats)
+    job = RenderJob(args["url"], RenderSpec(args["width"], args["quality"], fmt))
     etag = services.renderer.etag(job)
-    headers = _caching_headers(args, etag, services.settings.shared_cache_ttl)
+    headers = _caching_headers(args, etag, services.settings.cache.shared_cache_ttl)
     if request.if_none_match.contains_weak(etag.strip('"')) or request.if_none_match.star_tag:
         g.cache_status = "revalidated"
         return Response(status=304, headers=headers)

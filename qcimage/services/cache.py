@@ -15,9 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import diskcache
+
+if TYPE_CHECKING:
+    from ..config import CacheSettings
 
 log = logging.getLogger(__name__)
 
@@ -206,17 +209,6 @@ class TieredStore:
         return self.local.purge(tag) + self.shared.purge(tag)
 
 
-def open_store(directory: Path, size_limit: int, redis_url: str | None) -> Store:
-    """The box's disk cache, layered over Redis when ``redis_url`` is set."""
-    local = DiskStore(directory, size_limit)
-    return TieredStore(local, RedisStore(redis_url)) if redis_url else local
-
-
-def shared_store_of(store: Store) -> RedisStore | None:
-    """The Redis layer of ``store``, or None without Redis."""
-    return getattr(store, "shared", None)
-
-
 @dataclass(frozen=True)
 class Entry:
     """A rendered image as stored: bytes plus what the response needs to describe them."""
@@ -365,3 +357,15 @@ class LookupCache:
             return
         raw = json.dumps({"ids": ids, "at": self.clock()}).encode()
         self.store.set(_LOOKUP + key, raw, expire=self.ttl + self.stale_ttl)
+
+
+def open_store(cache: CacheSettings, default_dir: Path) -> tuple[Store, RedisStore | None]:
+    """The store the settings describe, and the shared Redis store in it if there is one.
+
+    The disk cache on its own, or in front of Redis so that several boxes share it.
+    """
+    store: Store = DiskStore(cache.dir or default_dir, cache.max_bytes)
+    if not cache.redis_url:
+        return store, None
+    shared = RedisStore(cache.redis_url)
+    return TieredStore(store, shared), shared

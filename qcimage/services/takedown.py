@@ -24,7 +24,8 @@ import diskcache
 from . import ServiceError
 
 if TYPE_CHECKING:
-    from .cache import RedisStore
+    from ..config import CacheSettings
+    from .cache import RedisStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,18 @@ class TakedownList:
         except OSError as error:
             log.warning("cannot keep the takedown snapshot in %s (%s)", self.snapshot,
                         error.strerror)
+
+
+def open_takedown_list(cache: CacheSettings, directory: Path, store: Store,
+                       shared: RedisStore | None) -> TakedownList:
+    """A worker's copy of the list, purging from ``store``; ``directory``: the cache folder.
+
+    With Redis, the box keeps a snapshot of the list: a worker starting while Redis is
+    down still refuses what was taken down.
+    """
+    return TakedownList(open_takedowns(directory, shared, cache.redis_url),
+                        refresh=cache.takedown_refresh, purge=store.purge,
+                        snapshot=directory / SNAPSHOT_FILE if shared else None)
 
 
 def open_takedowns(cache_dir: Path, shared: RedisStore | None = None,
