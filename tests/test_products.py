@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+from urllib.parse import unquote
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from qcimage import create_app
@@ -461,3 +464,28 @@ def test_resolutions_and_lookups_share_the_key_s_budget(env, upstream):
         assert limited.get_json()["error"] == "rate_limited"
     assert client.get("/api/links/resolve", query_string={"link": WEIDIAN_LINK},
                       headers={"X-API-Key": OTHER_KEY}).status_code == 200
+
+
+@pytest.fixture
+def unlimited_client(env):
+    return create_app({**env, "QCIMAGE_LOOKUP_RATE_LIMIT": "100000 per minute"}).test_client()
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(min_size=1, max_size=300))
+def test_arbitrary_link_text_is_a_200_or_a_clear_400_never_a_500(unlimited_client, text):
+    def get(path):
+        return unlimited_client.get(path, query_string={"link": text},
+                                    headers={"X-API-Key": API_KEY})
+
+    resolved = get("/api/links/resolve")
+    body = resolved.get_json()
+    if resolved.status_code == 200:
+        assert body["productId"] in unquote(text)
+        return
+    assert resolved.status_code == 400, body
+    assert body["error"] in ("unsupported_link", "validation_failed") and body["message"]
+    # A look-up refuses the same text the same way, before any upstream call.
+    looked_up = get("/api/qc-images")
+    assert (looked_up.status_code, looked_up.get_json()["error"]) == (400, body["error"])
