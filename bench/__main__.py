@@ -56,8 +56,8 @@ def _pin_cores(count: int) -> list[int]:
 
 
 def _machine(cores: list[int], workers: int, vips_version: str) -> dict[str, str]:
-    # Through the engine's module: it points ImageMagick at our policy before Wand loads.
-    from qcimage.services.imaging import imagemagick_version
+    # Through the imaging package: it points ImageMagick at our policy before Wand loads.
+    from qcimage.services.imaging.policy import imagemagick_version
 
     model = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
                        for w in results.get("warmup") or []) or "not done"
     results["meta"]["method"] = [
         f"- One `python -m bench` run, {time.monotonic() - started:.0f} s: stand-in "
-        "upstream (`tools/upstream.py`) and gunicorn (`gunicorn.conf.py`, production "
+        "upstream (`tools/upstream/`) and gunicorn (`gunicorn.conf.py`, production "
         "mode as the e2e tests start it, fresh `QCIMAGE_CACHE_DIR`) on 127.0.0.1, "
         f"everything pinned to {len(cores)} cores; wrk runs {duration:g} s each.",
         f"- Latency samples: n = {n} per cold case; in-process medians over "

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from flask import Flask, current_app
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .config import DEFAULT_WATERMARK_FONT, ConfigError, Settings, load_settings
+from .config import (DEFAULT_WATERMARK_FONT, ConfigError, Settings, load_settings,
+                     per_worker_limit_problems)
 
 if TYPE_CHECKING:
     from .services.cache import Store
@@ -83,11 +84,11 @@ def default_cache_dir(instance_path: str) -> Path:
     return Path(instance_path) / "cache"
 
 
-def startup_report() -> str | None:
+def startup_report(workers: int = 1) -> str | None:
     """The configuration's problems as one block for a person, or None when it can start.
 
-    For the gunicorn master, which checks once before forking: it reads what
-    create_app reads and builds nothing (no ImageMagick in the master).
+    For the gunicorn master, which checks once before forking ``workers`` workers: it
+    reads what create_app reads and builds nothing (no ImageMagick in the master).
     """
     instance_path = Flask(__name__, instance_relative_config=True).instance_path
     environ = _environment(None)
@@ -96,7 +97,8 @@ def startup_report() -> str | None:
     except ConfigError as error:
         problems = error.problems
     else:
-        problems = _unreadable_watermark_files(settings)
+        problems = (_unreadable_watermark_files(settings)
+                    + per_worker_limit_problems(settings, workers))
     if not problems:
         return None
     env = environ.get("QCIMAGE_ENV", "").strip() or "production"
@@ -127,19 +129,21 @@ def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
     if test_config is not None:
         return test_config
     environ = dict(os.environ)
-    # .env is a development convenience; production reads the real environment only.
-    if environ.get("QCIMAGE_ENV", "").strip().lower() != "production" and Path(".env").is_file():
+    # .env is a development convenience, read only when the real environment asks for
+    # development: a stray file must never turn production (the default) into development.
+    if environ.get("QCIMAGE_ENV", "").strip().lower() == "development" and Path(".env").is_file():
         from dotenv import dotenv_values
 
         file_values = {k: v for k, v in dotenv_values(".env").items() if v is not None}
-        if {**file_values, **environ}.get("QCIMAGE_ENV", "production") == "development":
-            environ = {**file_values, **environ}
+        # The real environment wins, QCIMAGE_ENV included: the file cannot say production.
+        environ = {**file_values, **environ}
     return environ
 
 
 def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.cache import DiskStore, LookupCache, RedisStore, RenderCache, TieredStore
-    from .services.imaging import ImagingEngine, Watermark, WatermarkLayer
+    from .services.imaging.engine import ImagingEngine
+    from .services.imaging.watermark import Watermark, WatermarkLayer
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
     from .services.upstream import DoppelClient, make_breaker

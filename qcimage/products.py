@@ -10,10 +10,11 @@ from .auth import request_key_name, require_api_key
 from .errors import APIError
 from . import current_services
 from .extensions import client_ip, limiter
-from .schemas import (PLATFORMS, LinkQuerySchema, LinkResponseSchema, ProductQuerySchema,
+from .schemas import (LinkQuerySchema, LinkResponseSchema, ProductQuerySchema,
                       ProductResponseSchema, load_query)
 from .services.links import resolve
 from .services.upstream import UpstreamNotFound
+from .vocabulary import PLATFORMS
 
 bp = Blueprint("products", __name__)
 bp.before_request(require_api_key)

@@ -10,8 +10,9 @@ from marshmallow import (RAISE, Schema, ValidationError, fields, post_load, pre_
 from werkzeug.datastructures import MultiDict
 
 from .errors import APIError
+from .services.links import MAX_LINK_LENGTH
+from .vocabulary import PLATFORMS
 
-from .services.links import MAX_LINK_LENGTH, PLATFORMS
 FORMATS = ("webp", "jpeg", "png", "avif", "auto")
 _ID = r"^[A-Za-z0-9_-]{1,50}\Z"
 _IMAGE_ID = r"^[A-Za-z0-9_-]{1,64}\Z"

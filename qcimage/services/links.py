@@ -11,7 +11,6 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import ServiceError
 
-PLATFORMS = ("WEIDIAN", "TAOBAO", "1688", "TMALL")
 # DESIGN §1: a `link` is at most this long; longer is refused before parsing.
 MAX_LINK_LENGTH = 2048
 # Item ids on all four marketplaces are decimal numbers.
