@@ -93,6 +93,7 @@ class Settings:
     watermark: tuple[WatermarkSettings, ...]
     log_format: str
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    gallery: bool = False                 # serve /gallery (a page for people)
     demo_secrets: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -402,6 +403,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         log_format=reader.choice("LOG_FORMAT", "json" if env == "production" else "text",
                                  ("json", "text")),
         metrics_allow=_parse_networks(reader, "METRICS_ALLOW", "127.0.0.1/32,::1/128"),
+        gallery=reader.bool("GALLERY", env == "development"),
         demo_secrets=demo,
     )
     for fmt in settings.auto_formats:

@@ -36,7 +36,8 @@ DOCS_CSP = {
 DOCS_ASSETS = frozenset({"swagger-ui.css", "index.css", "swagger-ui-bundle.js",
                          "favicon-32x32.png", "favicon-16x16.png"})
 # Routes that are not API operations: Flask's static files and the docs page's assets.
-UNDOCUMENTED_ENDPOINTS = frozenset({"static", "openapi.asset", "openapi.docs_script"})
+UNDOCUMENTED_ENDPOINTS = frozenset({"static", "openapi.asset", "openapi.docs_script",
+                                    "gallery.static"})
 _EXTENSION_KEY = "qcimage.openapi"
 
 _SIGNED_URL = """\
@@ -294,6 +295,18 @@ def _docs_page() -> dict:
     }
 
 
+def _gallery_page() -> dict:
+    return {
+        "summary": "A page for people: paste a link, see the photos, copy the embed snippet",
+        "description": "Served when `QCIMAGE_GALLERY` is on (the default in development). "
+                       "The page calls this API with a key the person types.",
+        "operationId": "gallery",
+        "tags": ["operations"],
+        "responses": {"200": {"description": "An HTML page.",
+                              "content": {"text/html": {"schema": {"type": "string"}}}}},
+    }
+
+
 # Keyed by the url_map rule: a route the app does not have (say /metrics before it is
 # wired) is left out, and one missing here fails tests/test_openapi.py.
 OPERATIONS = {
@@ -305,6 +318,7 @@ OPERATIONS = {
     "/metrics": _metrics,
     "/api/openapi.json": _openapi_json,
     "/docs": _docs_page,
+    "/gallery": _gallery_page,
 }
 
 
