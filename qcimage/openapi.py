@@ -285,26 +285,27 @@ def _openapi_json() -> dict:
     }
 
 
-def _docs_page() -> dict:
+def _html_page(operation_id: str, summary: str, **extra) -> dict:
     return {
-        "summary": "This API's documentation, for people",
-        "operationId": "docs",
+        "summary": summary,
+        **extra,
+        "operationId": operation_id,
         "tags": ["operations"],
         "responses": {"200": {"description": "An HTML page.",
                               "content": {"text/html": {"schema": {"type": "string"}}}}},
     }
+
+
+def _docs_page() -> dict:
+    return _html_page("docs", "This API's documentation, for people")
 
 
 def _gallery_page() -> dict:
-    return {
-        "summary": "A page for people: paste a link, see the photos, copy the embed snippet",
-        "description": "Served when `QCIMAGE_GALLERY` is on (the default in development). "
-                       "The page calls this API with a key the person types.",
-        "operationId": "gallery",
-        "tags": ["operations"],
-        "responses": {"200": {"description": "An HTML page.",
-                              "content": {"text/html": {"schema": {"type": "string"}}}}},
-    }
+    return _html_page("gallery", "A page for people: paste a link, see the photos, copy the "
+                                 "embed snippet",
+                      description="Served when `QCIMAGE_GALLERY` is on (the default in "
+                                  "development). The page calls this API with a key the "
+                                  "person types.")
 
 
 # Keyed by the url_map rule: a route the app does not have (say /metrics before it is
