@@ -33,7 +33,7 @@ def _rate_limit_key() -> str:
 
 # GET (and HEAD) only: CORS preflights must not spend the budget of the request they precede.
 # One budget per key for the whole blueprint: link resolutions count as look-ups.
-limiter.shared_limit(lambda: current_services().settings.lookup_limit, scope="lookup",
+limiter.shared_limit(lambda: current_services().settings.limits.lookup, scope="lookup",
                      key_func=_rate_limit_key, methods=["GET", "HEAD"])(bp)
 
 
