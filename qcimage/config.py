@@ -63,6 +63,7 @@ class Settings:
     cache_dir: Path | None
     redis_url: str | None
     trusted_proxies: int
+    forwarded_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     cors_origins: tuple[str, ...]
     force_https: bool
     lookup_limit: str
@@ -364,6 +365,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         cache_dir=cache_dir,
         redis_url=reader.str("REDIS_URL", None),
         trusted_proxies=trusted_proxies,
+        # The variable gunicorn.conf.py reads too: one list of proxies for both.
+        forwarded_allow=_parse_networks(reader, "FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
         cors_origins=reader.csv("CORS_ORIGINS"),
         force_https=reader.bool("FORCE_HTTPS", env == "production" and trusted_proxies > 0),
         lookup_limit=reader.str("LOOKUP_RATE_LIMIT", "100 per 15 minutes") or "",
