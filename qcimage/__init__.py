@@ -143,7 +143,8 @@ def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
 
 def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.cache import DiskStore, LookupCache, RedisStore, RenderCache, TieredStore
-    from .services.imaging import ImagingEngine, Watermark, WatermarkLayer
+    from .services.imaging.engine import ImagingEngine
+    from .services.imaging.watermark import Watermark, WatermarkLayer
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
     from .services.upstream import DoppelClient, make_breaker
