@@ -27,6 +27,7 @@ DEFAULT_WATERMARK_TEXT = "qcimage"
 
 
 DEVELOPMENT_SECRETS_FILE = "development-secrets.json"
+MAX_SRCSET_WIDTHS = 8
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,7 @@ class Settings:
     signed_url_ttl: int
     signed_url_bucket: int
     srcset_widths: tuple[int, ...]
+    max_product_images: int
     upstream_connect_timeout: float
     upstream_read_timeout: float
     lookup_total_timeout: float
@@ -240,9 +242,12 @@ def _parse_watermark(reader: _Reader) -> tuple[WatermarkSettings, ...]:
 
 def _parse_widths(reader: _Reader) -> tuple[int, ...]:
     values = reader.csv("SRCSET_WIDTHS") or ("480", "960", "1440")
-    if not all(v.isdigit() and 100 <= int(v) <= 2000 for v in values):
+    if not all(re.fullmatch("[0-9]{1,4}", v) and 100 <= int(v) <= 2000 for v in values):
         reader.errors.append(f"{PREFIX}SRCSET_WIDTHS entries must be integers 100-2000")
         return (480, 960, 1440)
+    # Each width is one more signed link per image in every look-up answer.
+    if len(set(values)) > MAX_SRCSET_WIDTHS:
+        reader.errors.append(f"{PREFIX}SRCSET_WIDTHS lists at most {MAX_SRCSET_WIDTHS} widths")
     return tuple(sorted({int(v) for v in values}))
 
 
@@ -374,6 +379,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         signed_url_ttl=reader.int("SIGNED_URL_TTL", 30 * 86400, 0, 10 * 365 * 86400),
         signed_url_bucket=reader.int("SIGNED_URL_BUCKET", 86400, 1, 30 * 86400),
         srcset_widths=_parse_widths(reader),
+        max_product_images=reader.int("MAX_PRODUCT_IMAGES", 200, 1, 1000),
         upstream_connect_timeout=reader.float("UPSTREAM_CONNECT_TIMEOUT", 3.05, 0.1, 30),
         upstream_read_timeout=reader.float("UPSTREAM_READ_TIMEOUT", 5.0, 0.1, 120),
         lookup_total_timeout=reader.float("LOOKUP_TIMEOUT", 8.0, 0.5, 120),
