@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import secrets
 
 import pytest
+import requests
+
+from tests.security.conftest import Case, check_error
+from tests.test_images import base, signed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("clean_upstream")]
 
@@ -42,3 +47,23 @@ def test_a_direct_client_cannot_spoof_forwarded_headers(qcimage_server):
     statuses = [get_from(STRANGER, server, "/api/image?url=abc",
                          {"X-Forwarded-For": f"198.51.100.{n}"})[0] for n in range(3)]
     assert statuses == [403, 403, 429], statuses
+
+
+@pytest.mark.parametrize("length", ["honest", "short", "none"],
+                         ids=["jpeg cut short", "content-length shorter than the image",
+                              "body ends early without content-length"])
+def test_a_partial_source_is_502_never_cached_and_fetched_afresh(qcimage_server, upstream,
+                                                                 length):
+    key = secrets.token_urlsafe(32)
+    server = qcimage_server(workers=1, QCIMAGE_SIGNING_KEYS=key)
+    path = signed(base(url="n4EYdIoE", width="640", format="png"), key=key)
+    upstream.set_faults({"mode": "truncate", "keep_percent": 60, "length": length,
+                         "paths": ["img"], "ids": ["n4EYdIoE"], "count": 1})
+    first = requests.get(server.url + path, timeout=30)
+    check_error(first.status_code, first.headers, first.content,
+                Case(b"", 502, "upstream_error"))
+    # Upstream is whole again: the same URL is fetched afresh and rendered, not served
+    # from any cache.
+    second = requests.get(server.url + path, timeout=30)
+    assert second.status_code == 200 and second.headers["X-Cache"] == "MISS"
+    assert upstream.stats()["images"]["n4EYdIoE"] == 2
