@@ -13,6 +13,7 @@ from flask import Flask, current_app
 
 from .config import (DEFAULT_WATERMARK_FONT, ConfigError, Settings, load_settings,
                      per_worker_limit_problems)
+from .services.redisconn import limiter_storage_options
 
 if TYPE_CHECKING:
     from .services.cache import Store
@@ -50,6 +51,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=64 * 1024,
         RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
+        RATELIMIT_STORAGE_OPTIONS=limiter_storage_options(settings.ratelimit_storage_uri),
         RATELIMIT_HEADERS_ENABLED=True,
         # Flask-Limiter would put its window's end in Retry-After on every response,
         # overriding the circuit breaker's; ours is set on 429s by the error handler.
@@ -144,16 +146,12 @@ def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
 def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.cache import DiskStore, LookupCache, RedisStore, RenderCache, TieredStore
     from .services.imaging.engine import ImagingEngine
-    from .services.imaging.watermark import Watermark, WatermarkLayer
+    from .services.imaging.watermark import Watermark
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
     from .services.upstream import DoppelClient, make_breaker
 
-    watermark = Watermark(layers=tuple(
-        WatermarkLayer(text=layer.text, logo=layer.logo, font=layer.font, gravity=layer.gravity,
-                       opacity=layer.opacity, margin=layer.margin, scale=layer.scale,
-                       tile=layer.tile)
-        for layer in settings.watermark))
+    watermark = Watermark(layers=settings.watermark)
     engine = ImagingEngine(watermark, max_source_pixels=settings.max_source_pixels,
                            resize_filter=settings.resize_filter,
                            webp_method=settings.webp_method)
@@ -161,10 +159,9 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     engine.check_watermark()
     store = DiskStore(settings.cache_dir or default_cache_dir(str(instance_path)),
                       settings.cache_max_bytes)
-    redis_client = None
+    shared = None
     if settings.redis_url:
         shared = RedisStore(settings.redis_url)
-        redis_client = shared.client
         store = TieredStore(store, shared)
     client = DoppelClient(
         settings.upstream_url, connect_timeout=settings.upstream_connect_timeout,
@@ -173,7 +170,8 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
         retries=settings.upstream_retries,
         breaker=make_breaker(fail_max=settings.breaker_fail_max,
                              reset_timeout=settings.breaker_reset_timeout,
-                             redis_client=redis_client))
+                             redis_client=shared and shared.client,
+                             redis_cluster=bool(shared and shared.is_cluster)))
     return Services(
         settings=settings,
         signer=Signer(settings.signing_keys),
