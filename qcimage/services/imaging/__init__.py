@@ -49,6 +49,10 @@ class ImageTooLarge(ImagingError):
     code = "image_too_large"
 
 
+class TooSmallToWatermark(UnsupportedImage):
+    """The output would be too small or too thin for its watermark to be seen."""
+
+
 class SourceTruncated(ImagingError):
     """The source ends before its image does: upstream sent part of it.
 
