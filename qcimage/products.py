@@ -27,7 +27,7 @@ def _rate_limit_key() -> str:
 
 
 # GET (and HEAD) only: CORS preflights must not spend the budget of the request they precede.
-limiter.limit(lambda: current_services().settings.lookup_limit, key_func=_rate_limit_key,
+limiter.limit(lambda: current_services().settings.limits.lookup, key_func=_rate_limit_key,
               methods=["GET", "HEAD"])(bp)
 
 
