@@ -74,7 +74,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
                                        allowed=settings.forwarded_allow)
     app.extensions["qcimage"] = build_services(settings, Path(app.instance_path))
     register_extensions(app, settings)
-    register_blueprints(app)
+    register_blueprints(app, settings)
     register_errorhandlers(app)
     register_commands(app)
     if settings.demo_secrets:
@@ -193,13 +193,15 @@ def register_extensions(app: Flask, settings: Settings) -> None:
     limiter.init_app(app)
 
 
-def register_blueprints(app: Flask) -> None:
-    from . import health, images, openapi, products
+def register_blueprints(app: Flask, settings: Settings) -> None:
+    from . import gallery, health, images, openapi, products
 
     app.register_blueprint(products.bp)
     app.register_blueprint(images.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    if settings.gallery:
+        app.register_blueprint(gallery.bp)
 
 
 def register_errorhandlers(app: Flask) -> None:
