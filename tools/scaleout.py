@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
+import re
 import secrets
 import signal
 import threading
@@ -190,8 +191,33 @@ class Farm:
                 raise TimeoutError(f"{name} did not replace its workers after HUP")
             time.sleep(0.1)
 
+    def served(self, name: str, route: str, status: str | None = None) -> float:
+        """How many requests ``name`` answered on ``route`` (with ``status``), per /metrics."""
+        text = self.box_get(name, "/metrics").text
+        status_part = f'[^}}]*status="{status}"' if status else ""
+        return sum(float(value) for value in re.findall(
+            r'^qcimage_http_requests_total\{[^}]*route="' + re.escape(route) + '"'
+            + status_part + r"[^}]*\} (\S+)$", text, re.M))
+
+    def wait_in_rotation(self, name: str, routes=("/api/image", "/api/qc-images"),
+                         timeout=30.0):
+        """Until the balancer sends ``name`` traffic again on every route (a load runs).
+
+        nginx keeps a box it saw fail out for fail_timeout, per upstream group; only
+        then is it safe to stop the next box.
+        """
+        before = {route: self.served(name, route) for route in routes}
+        deadline = time.monotonic() + timeout
+        while not all(self.served(name, route) > before[route] for route in routes):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the balancer sent {name} no traffic on {routes}")
+            time.sleep(0.2)
+
     def box_get(self, name: str, path: str, **kwargs):
-        return requests.get(self.boxes[name].url + path, timeout=30, **kwargs)
+        """GET from one box directly, as the balancer would (HTTPS said by the proxy)."""
+        headers = {"X-Forwarded-Proto": "https", **kwargs.pop("headers", {})}
+        return requests.get(self.boxes[name].url + path, timeout=30, headers=headers,
+                            allow_redirects=False, **kwargs)
 
     def readiness(self) -> dict[str, dict]:
         return {name: self.box_get(name, "/health/ready").json() for name in self.box_names}
