@@ -7,7 +7,7 @@ import secrets
 
 from flask import g, request
 
-from .config import hash_api_key
+from .keys import hash_api_key
 from .errors import APIError
 
 # Names people try to pass keys under. Refused loudly: query strings end up in logs.

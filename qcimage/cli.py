@@ -13,7 +13,8 @@ import sys
 import click
 
 from .auth import new_api_key
-from .config import PREFIX, hash_api_key, new_signing_key
+from .envreader import PREFIX
+from .keys import hash_api_key, new_signing_key
 
 _TENANTS_FILE = PREFIX + "TENANTS_FILE"
 

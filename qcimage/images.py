@@ -19,7 +19,7 @@ _query = ImageQuerySchema()
 _MAX_AGE = 86400
 
 
-limiter.limit(lambda: current_services().settings.image_limit, key_func=client_ip,
+limiter.limit(lambda: current_services().settings.limits.image, key_func=client_ip,
               methods=["GET", "HEAD"])(bp)
 
 
@@ -59,8 +59,8 @@ def image():
     args = load_query(_query, request.args)
     services = current_services()
     services.signer.verify({name: request.args.get(name) for name in SIGNED_PARAMS}, args["sig"])
-    job = RenderJob(args["url"], RenderSpec(
-        args["width"], args["quality"], negotiate(args["format"], services.settings.auto_formats)))
+    fmt = negotiate(args["format"], services.settings.imaging.auto_formats)
+    job = RenderJob(args["url"], RenderSpec(args["width"], args["quality"], fmt))
     etag = services.renderer.etag(job)
     headers = _caching_headers(args, etag)
     if request.if_none_match.contains_weak(etag.strip('"')) or request.if_none_match.star_tag:
