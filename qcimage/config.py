@@ -34,6 +34,7 @@ DEFAULT_WATERMARK_TEXT = "qcimage"
 # tests/test_gunicorn_conf.py holds its default and bounds equal to these.
 WORKER_TIMEOUT = (30, 1, 3600)
 ENVIRONMENTS = ("production", "development")
+MAX_SRCSET_WIDTHS = 8
 
 
 class ConfigError(ValueError):
@@ -74,6 +75,8 @@ class CacheSettings:
     render_wait_timeout: float
     source_ttl: int  # fetched sources (SourceCache); 0 disables
     source_max_bytes: int
+    takedown_refresh: float  # seconds a worker may go without checking the takedown list
+    shared_cache_ttl: int  # seconds nginx and CDNs may keep an image without asking
 
 
 @dataclass(frozen=True)
@@ -119,11 +122,13 @@ class Settings:
     signing_keys: tuple[str, ...]
     public_url: str
     trusted_proxies: int
+    forwarded_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     cors_origins: tuple[str, ...]
     force_https: bool
     signed_url_ttl: int
     signed_url_bucket: int
     srcset_widths: tuple[int, ...]
+    max_product_images: int
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     upstream: UpstreamSettings
     cache: CacheSettings
@@ -132,6 +137,7 @@ class Settings:
     limits: LimitSettings
     watermark: Watermark
     logging: LoggingSettings
+    gallery: bool                         # serve /gallery (a page for people)
     demo_secrets: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -198,8 +204,23 @@ def read_cache(reader: EnvReader, directory: Path | None) -> CacheSettings:
         source_ttl=reader.int("SOURCE_CACHE_TTL", 60, 0, 3600),
         source_max_bytes=reader.int("SOURCE_CACHE_MAX_BYTES", 256 * 1024 ** 2,
                                     16 * 1024 ** 2, 1024 ** 4),
+        # A takedown is in force on every worker within this (DESIGN §7: within 5 s).
+        takedown_refresh=reader.float("TAKEDOWN_REFRESH", 2.0, 0.0, 5.0),
+        # A takedown reaches nginx within this, a CDN in front of it within twice this:
+        # at most 10 minutes in all (DESIGN §7).
+        shared_cache_ttl=reader.int("SHARED_CACHE_TTL", 240, 0, 300),
     )
     _check_redis_url(reader, "REDIS_URL", cache.redis_url)
+    return cache
+
+
+def load_cache_settings(environ: Mapping[str, str], *,
+                        default_cache_dir: Path | None = None) -> CacheSettings:
+    """The cache group alone (all ``qcimage takedown`` needs: no secrets required)."""
+    reader = EnvReader(environ)
+    cache = read_cache(reader, reader.path("CACHE_DIR", default_cache_dir))
+    if reader.errors:
+        raise ConfigError(reader.errors)
     return cache
 
 
@@ -317,10 +338,14 @@ def _parse_watermark(reader: EnvReader) -> tuple[WatermarkLayer, ...]:
 
 def _parse_widths(reader: EnvReader) -> tuple[int, ...]:
     values = reader.csv("SRCSET_WIDTHS") or ("480", "960", "1440")
-    if not all(v.isdigit() and MIN_WIDTH <= int(v) <= MAX_WIDTH for v in values):
+    if not all(re.fullmatch("[0-9]{1,4}", v) and MIN_WIDTH <= int(v) <= MAX_WIDTH
+               for v in values):
         reader.errors.append(
             f"{PREFIX}SRCSET_WIDTHS entries must be integers {MIN_WIDTH}-{MAX_WIDTH}")
         return (480, 960, 1440)
+    # Each width is one more signed link per image in every look-up answer.
+    if len(set(values)) > MAX_SRCSET_WIDTHS:
+        reader.errors.append(f"{PREFIX}SRCSET_WIDTHS lists at most {MAX_SRCSET_WIDTHS} widths")
     return tuple(sorted({int(v) for v in values}))
 
 
@@ -376,11 +401,14 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         signing_keys=tuple(signing_keys),
         public_url=public_url or "",
         trusted_proxies=trusted_proxies,
+        # The variable gunicorn.conf.py reads too: one list of proxies for both.
+        forwarded_allow=reader.networks("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
         cors_origins=reader.csv("CORS_ORIGINS"),
         force_https=reader.bool("FORCE_HTTPS", env == "production" and trusted_proxies > 0),
         signed_url_ttl=reader.int("SIGNED_URL_TTL", 30 * 86400, 0, 10 * 365 * 86400),
         signed_url_bucket=reader.int("SIGNED_URL_BUCKET", 86400, 1, 30 * 86400),
         srcset_widths=_parse_widths(reader),
+        max_product_images=reader.int("MAX_PRODUCT_IMAGES", 200, 1, 1000),
         metrics_allow=reader.networks("METRICS_ALLOW", "127.0.0.1/32,::1/128"),
         upstream=read_upstream(reader),
         cache=read_cache(reader, cache_dir),
@@ -389,6 +417,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         limits=read_limits(reader),
         watermark=Watermark(_parse_watermark(reader)),
         logging=read_logging(reader, env),
+        gallery=reader.bool("GALLERY", env == "development"),
         demo_secrets=demo,
     )
     # A slow upstream must end in our 504, never in gunicorn killing the worker: the

@@ -1,4 +1,4 @@
-"""Blueprint for ``GET /api/qc-images``: a product's QC photos as signed image links."""
+"""Blueprint for the look-ups: ``/api/qc-images`` (signed image links), ``/api/links/resolve``."""
 
 from __future__ import annotations
 
@@ -10,13 +10,18 @@ from .auth import request_key_name, require_api_key
 from .errors import APIError
 from . import current_services
 from .extensions import client_ip, limiter
-from .schemas import PLATFORMS, ProductQuerySchema, ProductResponseSchema, load_query
+from .schemas import (LinkQuerySchema, LinkResponseSchema, ProductQuerySchema,
+                      ProductResponseSchema, load_query)
+from .services.links import resolve
 from .services.upstream import UpstreamNotFound
+from .vocabulary import PLATFORMS
 
 bp = Blueprint("products", __name__)
 bp.before_request(require_api_key)
 _query = ProductQuerySchema()
 _response = ProductResponseSchema()
+_link_query = LinkQuerySchema()
+_link_response = LinkResponseSchema()
 
 
 def _rate_limit_key() -> str:
@@ -27,8 +32,9 @@ def _rate_limit_key() -> str:
 
 
 # GET (and HEAD) only: CORS preflights must not spend the budget of the request they precede.
-limiter.limit(lambda: current_services().settings.limits.lookup, key_func=_rate_limit_key,
-              methods=["GET", "HEAD"])(bp)
+# One budget per key for the whole blueprint: link resolutions count as look-ups.
+limiter.shared_limit(lambda: current_services().settings.limits.lookup, scope="lookup",
+                     key_func=_rate_limit_key, methods=["GET", "HEAD"])(bp)
 
 
 def link_maker(quality: int, fmt: str):
@@ -59,7 +65,11 @@ def link_maker(quality: int, fmt: str):
 def qc_images():
     args = load_query(_query, request.args)
     services = current_services()
-    product, platform = args["id"], args["storePlatform"]
+    if "link" in args:
+        resolved = resolve(args["link"])
+        product, platform = resolved.product_id, resolved.platform
+    else:
+        product, platform = args["id"], args["storePlatform"]
     try:
         ids, g.cache_status = services.lookup.image_ids(product, platform)
     except UpstreamNotFound:
@@ -68,9 +78,13 @@ def qc_images():
                        f"if it is listed elsewhere, set storePlatform ({others})") from None
     if not ids:
         raise APIError(404, "no_images", f"product {product} on {platform} has no QC images")
+    # A product listing thousands of ids must not make a look-up unbounded in time,
+    # memory and bytes: the first max_product_images, in upstream order, and say so.
+    cap = services.settings.max_product_images
+    truncated = len(ids) > cap
     link = link_maker(args["quality"], args["format"])
     images = []
-    for image_id in ids:
+    for image_id in ids[:cap]:
         image = {
             "original": image_id,
             "watermarked": link(image_id, args["width"]),
@@ -82,10 +96,18 @@ def qc_images():
             image["width"], image["height"] = size
         images.append(image)
     body = _response.dump({
-        "success": True, "productId": args["id"], "storePlatform": args["storePlatform"],
-        "totalImages": len(images), "images": images})
+        "success": True, "productId": product, "storePlatform": platform,
+        "totalImages": len(images), "truncated": truncated, "images": images})
     headers = {"Cache-Control": "private, no-store"}
     if g.cache_status == "stale":
         headers["X-Stale"] = "1"
         headers["Warning"] = '110 qcimage "Response is stale"'
     return body, 200, headers
+
+
+@bp.get("/api/links/resolve")
+def resolve_link():
+    resolved = resolve(load_query(_link_query, request.args)["link"])
+    body = _link_response.dump({"success": True, "storePlatform": resolved.platform,
+                                "productId": resolved.product_id})
+    return body, 200, {"Cache-Control": "private, no-store"}

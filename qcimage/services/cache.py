@@ -35,11 +35,17 @@ _WIDTH_RATIO = "o:"  # an image's stored/shown width ratio (EXIF-rotated sources
 
 
 class Store(Protocol):
-    def get(self, key: str) -> bytes | None: ...
-    def set(self, key: str, value: bytes, expire: float | None = None) -> None: ...
+    """Bytes by key. ``tag``: the image id an entry belongs to, so ``purge`` finds it."""
+
+    def get(self, key: str, *, tag: str | None = None) -> bytes | None: ...
+
+    def set(self, key: str, value: bytes, expire: float | None = None, *,
+            tag: str | None = None) -> None: ...
+
     def add(self, key: str, value: bytes, expire: float) -> bool: ...
     def renew(self, key: str, value: bytes, expire: float) -> bool: ...
     def delete(self, key: str) -> None: ...
+    def purge(self, tag: str) -> int: ...
 
 
 class DiskStore:
@@ -49,15 +55,17 @@ class DiskStore:
         directory.mkdir(parents=True, exist_ok=True)
         # least-recently-stored: a hit is a pure read. least-recently-used would write the
         # access time on every hit, so every worker's hits would queue on SQLite's write
-        # lock. timeout bounds SQLite lock waits.
+        # lock. timeout bounds SQLite lock waits. The tag index makes a purge by image id
+        # one indexed delete.
         self.cache = diskcache.Cache(str(directory), size_limit=size_limit, timeout=2,
-                                     eviction_policy="least-recently-stored")
+                                     eviction_policy="least-recently-stored", tag_index=True)
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str, *, tag: str | None = None) -> bytes | None:
         return self.cache.get(key)
 
-    def set(self, key: str, value: bytes, expire: float | None = None) -> None:
-        self.cache.set(key, value, expire=expire)
+    def set(self, key: str, value: bytes, expire: float | None = None, *,
+            tag: str | None = None) -> None:
+        self.cache.set(key, value, expire=expire, tag=tag)
 
     def add(self, key: str, value: bytes, expire: float) -> bool:
         return self.cache.add(key, value, expire=expire)
@@ -70,6 +78,9 @@ class DiskStore:
 
     def delete(self, key: str) -> None:
         self.cache.delete(key)
+
+    def purge(self, tag: str) -> int:
+        return self.cache.evict(tag)
 
     def close(self) -> None:
         self.cache.close()
@@ -123,12 +134,23 @@ class RedisStore:
     def ping(self) -> bool:
         return bool(self._call(False, self.client.ping))
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str, *, tag: str | None = None) -> bytes | None:
         return self._call(None, self.client.get, self.prefix + key)
 
-    def set(self, key: str, value: bytes, expire: float | None = None) -> None:
+    def set(self, key: str, value: bytes, expire: float | None = None, *,
+            tag: str | None = None) -> None:
         px = int(expire * 1000) if expire else None
-        self._call(None, self.client.set, self.prefix + key, value, px=px)
+        if tag is None:
+            self._call(None, self.client.set, self.prefix + key, value, px=px)
+            return
+        # A set of keys per image id: what purge(tag) deletes. Not a MULTI: in a Redis
+        # Cluster the two keys may live on different nodes.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.prefix + key, value, px=px).sadd(self._tag_key(tag), key)
+        self._call(None, pipe.execute)
+
+    def _tag_key(self, tag: str) -> str:
+        return f"{self.prefix}tag:{tag}"
 
     def add(self, key: str, value: bytes, expire: float) -> bool:
         # Redis down: nobody can coordinate, so everybody renders for themselves.
@@ -142,6 +164,15 @@ class RedisStore:
     def delete(self, key: str) -> None:
         self._call(None, self.client.delete, self.prefix + key)
 
+    def purge(self, tag: str) -> int:
+        keys = self._call(set(), self.client.smembers, self._tag_key(tag))
+        if not keys:
+            return 0
+        # redis-py splits a many-key DEL by node in a Redis Cluster.
+        deleted = self._call(0, self.client.delete, *(self.prefix + k.decode() for k in keys))
+        self._call(None, self.client.delete, self._tag_key(tag))
+        return int(deleted)
+
     def close(self) -> None:
         self.client.close()
 
@@ -153,17 +184,18 @@ class TieredStore:
         self.local = local
         self.shared = shared
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str, *, tag: str | None = None) -> bytes | None:
         value = self.local.get(key)
         if value is None:
             value = self.shared.get(key)
             if value is not None:
-                self.local.set(key, value)
+                self.local.set(key, value, tag=tag)
         return value
 
-    def set(self, key: str, value: bytes, expire: float | None = None) -> None:
-        self.local.set(key, value, expire)
-        self.shared.set(key, value, expire)
+    def set(self, key: str, value: bytes, expire: float | None = None, *,
+            tag: str | None = None) -> None:
+        self.local.set(key, value, expire, tag=tag)
+        self.shared.set(key, value, expire, tag=tag)
 
     def add(self, key: str, value: bytes, expire: float) -> bool:
         return self.shared.add(key, value, expire)
@@ -174,6 +206,9 @@ class TieredStore:
     def delete(self, key: str) -> None:
         self.local.delete(key)
         self.shared.delete(key)
+
+    def purge(self, tag: str) -> int:
+        return self.local.purge(tag) + self.shared.purge(tag)
 
 
 @dataclass(frozen=True)
@@ -213,21 +248,24 @@ class RenderCache:
         self.store = store
         self.flight: Flight[Entry] = _flight(store, wait_timeout, lock_ttl)
 
-    def get(self, key: str) -> Entry | None:
-        raw = self.store.get(_RENDER + key)
+    def get(self, key: str, *, tag: str | None = None) -> Entry | None:
+        raw = self.store.get(_RENDER + key, tag=tag)
         return Entry.unpack(raw) if raw is not None else None
 
-    def get_or_render(self, key: str, render: Callable[[], Entry]) -> tuple[Entry, bool]:
+    def get_or_render(self, key: str, render: Callable[[], Entry], *,
+                      tag: str | None = None) -> tuple[Entry, bool]:
         """Return (entry, was_cached). Concurrent misses wait for the one that renders.
 
+        ``tag`` (the image id) lets the store purge the render with the image's other entries.
         Raises FlightTimeout when another's render takes longer than ``wait_timeout``.
         """
         def render_and_store() -> Entry:
             entry = render()
-            self.store.set(_RENDER + key, entry.pack())
+            self.store.set(_RENDER + key, entry.pack(), tag=tag)
             return entry
 
-        entry, rendered = self.flight.run(key, lambda: self.get(key), render_and_store)
+        entry, rendered = self.flight.run(key, lambda: self.get(key, tag=tag),
+                                          render_and_store)
         return entry, not rendered
 
     def rendered_size(self, key: str) -> tuple[int, int] | None:
@@ -239,8 +277,8 @@ class RenderCache:
             return None
         return width, height
 
-    def remember_size(self, key: str, width: int, height: int) -> None:
-        self.store.set(_SIZE + key, f"{width}x{height}".encode())
+    def remember_size(self, key: str, width: int, height: int, *, tag: str) -> None:
+        self.store.set(_SIZE + key, f"{width}x{height}".encode(), tag=tag)
 
     def width_ratio(self, image_id: str) -> float:
         """How much wider than shown an image is stored (1.0 until one is remembered)."""
@@ -248,7 +286,7 @@ class RenderCache:
         return float(raw) if raw else 1.0
 
     def remember_width_ratio(self, image_id: str, ratio: float) -> None:
-        self.store.set(_WIDTH_RATIO + image_id, repr(ratio).encode())
+        self.store.set(_WIDTH_RATIO + image_id, repr(ratio).encode(), tag=image_id)
 
 
 class SourceCache:
@@ -266,25 +304,30 @@ class SourceCache:
         self.max_bytes = max_bytes
         self.flight: Flight[bytes] = _flight(store, wait_timeout)
 
-    def get(self, key: str) -> bytes | None:
-        return self.store.get(_SOURCE + key) if self.ttl > 0 else None
+    def get(self, key: str, *, tag: str | None = None) -> bytes | None:
+        return self.store.get(_SOURCE + key, tag=tag) if self.ttl > 0 else None
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, tag: str | None = None) -> None:
         if self.ttl > 0 and len(data) <= self.max_bytes:
-            self.store.set(_SOURCE + key, bytes(data), expire=self.ttl)
+            self.store.set(_SOURCE + key, bytes(data), expire=self.ttl, tag=tag)
 
     def forget(self, key: str) -> None:
         """Drop a source that turned out unusable (truncated, not an image)."""
         self.store.delete(_SOURCE + key)
 
-    def get_or_fetch(self, key: str, fetch: Callable[[], bytes]) -> bytes:
-        """The source for ``key``: kept, being fetched by someone else, or fetched now."""
+    def get_or_fetch(self, key: str, fetch: Callable[[], bytes], *,
+                     tag: str | None = None) -> bytes:
+        """The source for ``key``: kept, being fetched by someone else, or fetched now.
+
+        ``tag`` (the image id) lets a takedown purge the source with the image's renders.
+        """
         def fetch_and_keep() -> bytes:
             data = fetch()
-            self.put(key, data)
+            self.put(key, data, tag=tag)
             return data
 
-        return self.flight.run(_SOURCE + key, lambda: self.get(key), fetch_and_keep)[0]
+        return self.flight.run(_SOURCE + key, lambda: self.get(key, tag=tag),
+                               fetch_and_keep)[0]
 
 
 class LookupCache:

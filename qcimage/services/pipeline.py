@@ -15,6 +15,7 @@ from .cache import Entry, LookupCache, RenderCache, SourceCache
 from .imaging import RenderSpec, UnsupportedImage
 from .imaging.probe import Probe, probe
 from .slots import RenderSlots
+from .takedown import TakedownList
 from .upstream import DoppelClient, Source
 
 if TYPE_CHECKING:  # the engine loads ImageMagick; the pipeline only holds one
@@ -23,21 +24,31 @@ if TYPE_CHECKING:  # the engine loads ImageMagick; the pipeline only holds one
 log = logging.getLogger(__name__)
 
 # Bump when the pipeline changes its output for the same inputs: old renders go stale.
-PIPELINE_VERSION = "1"
+# 2: cut or corrupt sources are refused (502) instead of rendered with grey rows, so a
+# render cached before may be such a partial image.
+PIPELINE_VERSION = "2"
 # Doppel's originals are at most this wide; asking for more only costs bytes.
 MAX_SOURCE_WIDTH = 5000
 
 
 class ProductLookup:
-    """Product look-ups through a short-lived cache; stale copies cover upstream outages."""
+    """Product look-ups through a short-lived cache; stale copies cover upstream outages.
 
-    def __init__(self, client: DoppelClient, cache: LookupCache):
+    Images taken down are left out of every answer, cached or not.
+    """
+
+    def __init__(self, client: DoppelClient, cache: LookupCache, takedowns: TakedownList):
         self.client = client
         self.cache = cache
+        self.takedowns = takedowns
 
     def image_ids(self, product_id: str, platform: str) -> tuple[list[str], str]:
         """(image ids, "hit" | "miss" | "stale"). Raises the upstream errors when nothing
         cached can stand in."""
+        ids, status = self._image_ids(product_id, platform)
+        return self.takedowns.without(ids), status
+
+    def _image_ids(self, product_id: str, platform: str) -> tuple[list[str], str]:
         key = f"{platform}:{product_id}"
         cached = self.cache.get(key)
         if cached is not None and cached[1]:
@@ -94,11 +105,12 @@ class ImageRenderer:
 
     A miss holds a place in the worker's bounded queue (``slots``) from start to end and
     one of its render slots only while ImageMagick works; sources come through a
-    short-lived shared cache that also makes concurrent fetches of one source one.
+    short-lived shared cache that also makes concurrent fetches of one source one. Every
+    entry is stored tagged with its image id, so a takedown purges them all.
     """
 
     def __init__(self, client: DoppelClient, cache: RenderCache, engine: ImagingEngine, *,
-                 source: SourcePolicy, watermark_fingerprint: str,
+                 source: SourcePolicy, watermark_fingerprint: str, takedowns: TakedownList,
                  sources: SourceCache | None = None, slots: RenderSlots | None = None):
         self.client = client
         self.cache = cache
@@ -108,6 +120,7 @@ class ImageRenderer:
                                               wait_timeout=cache.flight.wait_timeout)
         self.slots = slots or RenderSlots(slots=1, queue=1024,
                                           slot_timeout=cache.flight.wait_timeout)
+        self.takedowns = takedowns
         # Everything outside the request that changes the bytes: a new watermark, a new
         # ImageMagick or a new pipeline never serves an old render.
         self._key_prefix = "|".join((PIPELINE_VERSION, engine.settings_key(),
@@ -131,7 +144,8 @@ class ImageRenderer:
 
     def _remember_size(self, job: RenderJob, width: int, height: int) -> None:
         # For look-ups, so pages can reserve the space before the image loads.
-        self.cache.remember_size(self._size_key(job.image_id, job.spec.width), width, height)
+        self.cache.remember_size(self._size_key(job.image_id, job.spec.width), width, height,
+                                 tag=job.image_id)
 
     def etag(self, job: RenderJob) -> str:
         """Strong ETag known before rendering: same inputs, same bytes."""
@@ -147,7 +161,7 @@ class ImageRenderer:
         key = f"{image_id}|{width}|{fmt}|{quality}"
         data = self.sources.get_or_fetch(
             key, lambda: self.client.fetch_image(image_id, width=width, fmt=fmt,
-                                                 quality=quality).data)
+                                                 quality=quality).data, tag=image_id)
         source = Source(bytearray(data))
         try:
             return source, probe(source.data), key
@@ -192,14 +206,16 @@ class ImageRenderer:
                     raise
                 timings["render_ms"] = (time.perf_counter() - started) * 1000
             metrics.RENDER_SECONDS.labels(job.spec.format).observe(timings["render_ms"] / 1000)
+            # Taken down while this render ran: neither stored nor served.
+            self.takedowns.check(job.image_id)
             self._remember_size(job, rendered.width, rendered.height)
             return Entry(data=rendered.data, mime=rendered.mime)
 
         key = self.cache_key(job)
-        entry, cached = self.cache.get(key), True
+        entry, cached = self.cache.get(key, tag=job.image_id), True
         if entry is None:
             with self.slots.admit():
-                entry, cached = self.cache.get_or_render(key, produce)
+                entry, cached = self.cache.get_or_render(key, produce, tag=job.image_id)
         metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss").inc()
         if cached:
             metrics.CACHE_BYTES.inc(len(entry.data))

@@ -138,8 +138,11 @@ def test_a_cluster_shares_the_store_breaker_and_limits_and_outlives_a_dead_node(
     # One failure on each box: the shared count opened the circuit for both.
     assert breaker.current_state() == other_box.current_state() == "open"
 
+    assert store.ping()
     dead = homes[keys[0]]
     dead.kill()
+    # Readiness: one primary down is Redis down (its slots are), never "ok".
+    assert not store.ping()
     for key in keys:
         expected = None if homes[key] is dead else key.encode()
         assert store.get(key) == expected
