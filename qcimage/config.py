@@ -8,17 +8,24 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from limits import parse_many
 
+if TYPE_CHECKING:
+    from .tenants import Tenants
+
 PREFIX = "QCIMAGE_"
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
-_GRAVITIES = ("north_west", "north", "north_east", "west", "center", "east",
-              "south_west", "south", "south_east")
+GRAVITIES = ("north_west", "north", "north_east", "west", "center", "east",
+             "south_west", "south", "south_east")
+# (low, high) of each numeric watermark setting, for the environment and tenants files.
+WATERMARK_RANGES = {"opacity": (0.05, 1.0), "margin": (0.0, 0.25), "scale": (0.02, 1.0),
+                    "logo_scale": (0.02, 1.0)}
 OUTPUT_FORMATS = ("webp", "jpeg", "png", "avif")
 # From Debian's fonts-dejavu-core (installed by `make`): a file, because ImageMagick
 # silently swaps an unknown font *name* for another font.
@@ -93,6 +100,8 @@ class Settings:
     log_format: str
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     demo_secrets: dict[str, str] = field(default_factory=dict)
+    tenants_file: Path | None = None
+    tenants: Tenants | None = None     # set by load_settings: the file's, or `default` alone
 
     @property
     def is_production(self) -> bool:
@@ -192,32 +201,46 @@ def _parse_api_keys(reader: _Reader) -> dict[str, str]:
     return keys
 
 
-def _parse_watermark(reader: _Reader) -> tuple[WatermarkSettings, ...]:
-    font = reader.path("WATERMARK_FONT", DEFAULT_WATERMARK_FONT)
-    text = reader.str("WATERMARK_TEXT", DEFAULT_WATERMARK_TEXT)
-    if text is not None and text.lower() == "none":
-        text = None
-    logos = [Path(p).expanduser() for p in reader.csv("WATERMARK_LOGOS")]
-    common = dict(
-        font=font,
-        gravity=reader.choice("WATERMARK_POSITION", "south_east", _GRAVITIES),
-        opacity=reader.float("WATERMARK_OPACITY", 0.7, 0.05, 1.0),
-        margin=reader.float("WATERMARK_MARGIN", 0.02, 0.0, 0.25),
-        scale=reader.float("WATERMARK_SCALE", 0.22, 0.02, 1.0),
-        tile=reader.bool("WATERMARK_TILE", False),
-    )
+def watermark_layers(*, text: str | None, font: Path, logos: list[Path], position: str,
+                     logo_position: str | None, opacity: float, margin: float, scale: float,
+                     logo_scale: float | None, tile: bool) -> tuple[WatermarkSettings, ...]:
+    """The layers one watermark configuration draws: its text first, then each logo.
+
+    Shared by the environment (``QCIMAGE_WATERMARK_*``) and the tenants file, so both
+    mean the same by the same setting; logos default to the text's position and scale.
+    """
+    common = dict(font=font, gravity=position, opacity=opacity, margin=margin, scale=scale,
+                  tile=tile)
     layers = []
     if text is not None:
         layers.append(WatermarkSettings(text=text, logo=None, **common))
-    logo_gravity = reader.choice("WATERMARK_LOGO_POSITION", common["gravity"], _GRAVITIES)
-    logo_scale = reader.float("WATERMARK_LOGO_SCALE", common["scale"], 0.02, 1.0)
     for logo in logos:
         layers.append(WatermarkSettings(
-            text=None, logo=logo, **{**common, "gravity": logo_gravity, "scale": logo_scale}))
+            text=None, logo=logo, **{**common, "gravity": logo_position or position,
+                                     "scale": logo_scale or scale}))
+    return tuple(layers)
+
+
+def _parse_watermark(reader: _Reader) -> tuple[WatermarkSettings, ...]:
+    text = reader.str("WATERMARK_TEXT", DEFAULT_WATERMARK_TEXT)
+    if text is not None and text.lower() == "none":
+        text = None
+    position = reader.choice("WATERMARK_POSITION", "south_east", GRAVITIES)
+    layers = watermark_layers(
+        text=text,
+        font=reader.path("WATERMARK_FONT", DEFAULT_WATERMARK_FONT),
+        logos=[Path(p).expanduser() for p in reader.csv("WATERMARK_LOGOS")],
+        position=position,
+        logo_position=reader.choice("WATERMARK_LOGO_POSITION", position, GRAVITIES),
+        tile=reader.bool("WATERMARK_TILE", False),
+        **{name: reader.float("WATERMARK_" + name.upper(), default, *WATERMARK_RANGES[name])
+           for name, default in (("opacity", 0.7), ("margin", 0.02), ("scale", 0.22))},
+        logo_scale=reader.float("WATERMARK_LOGO_SCALE", None, *WATERMARK_RANGES["logo_scale"]),
+    )
     if not layers:
         reader.errors.append(
             f"a watermark is required: set {PREFIX}WATERMARK_TEXT and/or {PREFIX}WATERMARK_LOGOS")
-    return tuple(layers)
+    return layers
 
 
 def _parse_widths(reader: _Reader) -> tuple[int, ...]:
@@ -298,6 +321,40 @@ def _create_whole(path: Path, text: str) -> None:
         draft.unlink()
 
 
+def _refuse_mix_with_tenants_file(reader: _Reader) -> None:
+    mixed = sorted(name for name in reader.environ
+                   if (name == PREFIX + "API_KEYS" or name.startswith(PREFIX + "WATERMARK_"))
+                   and reader.raw(name[len(PREFIX):]) is not None)
+    for name in mixed:
+        reader.errors.append(f"{name} must be unset when {PREFIX}TENANTS_FILE is set: each "
+                             "tenant's keys and watermark come from that file only")
+
+
+# The validated text of the tenants file, set by the gunicorn master (gunicorn.conf.py) so
+# that workers it starts after a HUP with a broken file still get the last good one.
+TENANTS_SNAPSHOT = PREFIX + "TENANTS_SNAPSHOT"
+
+
+def _tenants(reader: _Reader, settings: Settings) -> Tenants:
+    from .tenants import (LinkDefaults, Tenant, Tenants, load_tenants, read_tenants_file,
+                          single_tenant)
+
+    template = Tenant(name="", api_keys=settings.api_keys, watermark=settings.watermark,
+                      cors_origins=settings.cors_origins, lookup_limit=settings.lookup_limit,
+                      image_limit=settings.image_limit,
+                      defaults=LinkDefaults(srcset_widths=settings.srcset_widths,
+                                            link_ttl=settings.signed_url_ttl))
+    if settings.tenants_file is None:
+        return single_tenant(template)
+    text = reader.environ.get(TENANTS_SNAPSHOT)
+    if text is None:
+        text = read_tenants_file(settings.tenants_file, reader.errors)
+        if text is None:
+            return Tenants({}, from_file=True)
+    return load_tenants(text, replace(template, api_keys={}), source=str(settings.tenants_file),
+                        errors=reader.errors)
+
+
 def load_settings(environ: Mapping[str, str] | None = None, *,
                   default_cache_dir: Path | None = None) -> Settings:
     """Read and validate the settings; raise ConfigError listing every problem.
@@ -312,17 +369,20 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     demo: dict[str, str] = {}
 
     cache_dir = reader.path("CACHE_DIR", default_cache_dir)
+    tenants_file = reader.path("TENANTS_FILE", None)
+    if tenants_file is not None:
+        _refuse_mix_with_tenants_file(reader)
 
     if env == "production":
-        for name, value in (("API_KEYS", api_keys), ("SIGNING_KEYS", signing_keys),
-                            ("PUBLIC_URL", public_url)):
+        for name, value in (("API_KEYS", api_keys or tenants_file),
+                            ("SIGNING_KEYS", signing_keys), ("PUBLIC_URL", public_url)):
             if not value:
                 reader.errors.append(f"{PREFIX}{name} is not set: {_WHAT_TO_SET[name]}")
     else:
         # Development invents what is missing and reports it, so `make demo` just works.
         # Invented once per cache folder: every worker, and the next start, agree on them.
         invented = _development_secrets(reader, cache_dir)
-        if not api_keys:
+        if not api_keys and tenants_file is None:
             demo["api_key"] = reader.str("DEMO_API_KEY", None) or invented["api_key"]
             api_keys = {hash_api_key(demo["api_key"]): "demo"}
         if not signing_keys:
@@ -385,7 +445,9 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
                                  ("json", "text")),
         metrics_allow=_parse_networks(reader, "METRICS_ALLOW", "127.0.0.1/32,::1/128"),
         demo_secrets=demo,
+        tenants_file=tenants_file,
     )
+    settings = replace(settings, tenants=_tenants(reader, settings))
     for fmt in settings.auto_formats:
         if fmt not in OUTPUT_FORMATS:
             reader.errors.append(f"{PREFIX}AUTO_FORMATS entries must be among "
