@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING
 from flask import Flask, current_app
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .config import DEFAULT_WATERMARK_FONT, ConfigError, Settings, load_settings
+from .config import (DEFAULT_WATERMARK_FONT, ConfigError, Settings, WatermarkSettings,
+                     load_settings)
 
 if TYPE_CHECKING:
     from .services.cache import Store
+    from .services.imaging import Watermark
     from .services.pipeline import ImageRenderer, ProductLookup
     from .services.signing import Signer
     from .services.upstream import DoppelClient
@@ -137,18 +139,25 @@ def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
     return environ
 
 
+def build_watermark(layers: tuple[WatermarkSettings, ...]) -> Watermark:
+    """The imaging engine's watermark for layers as configured (environment or tenant)."""
+    from .services.imaging import Watermark, WatermarkLayer
+
+    return Watermark(layers=tuple(
+        WatermarkLayer(text=layer.text, logo=layer.logo, font=layer.font, gravity=layer.gravity,
+                       opacity=layer.opacity, margin=layer.margin, scale=layer.scale,
+                       tile=layer.tile)
+        for layer in layers))
+
+
 def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.cache import DiskStore, LookupCache, RedisStore, RenderCache, TieredStore
-    from .services.imaging import ImagingEngine, Watermark, WatermarkLayer
+    from .services.imaging import ImagingEngine
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
     from .services.upstream import DoppelClient, make_breaker
 
-    watermark = Watermark(layers=tuple(
-        WatermarkLayer(text=layer.text, logo=layer.logo, font=layer.font, gravity=layer.gravity,
-                       opacity=layer.opacity, margin=layer.margin, scale=layer.scale,
-                       tile=layer.tile)
-        for layer in settings.watermark))
+    watermark = build_watermark(settings.watermark)
     engine = ImagingEngine(watermark, max_source_pixels=settings.max_source_pixels,
                            resize_filter=settings.resize_filter,
                            webp_method=settings.webp_method)
@@ -221,7 +230,8 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from .cli import keys_cli, secrets_cli
+    from .cli import keys_cli, secrets_cli, tenants_cli
 
     app.cli.add_command(keys_cli)
     app.cli.add_command(secrets_cli)
+    app.cli.add_command(tenants_cli)

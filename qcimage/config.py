@@ -321,13 +321,13 @@ def _create_whole(path: Path, text: str) -> None:
         draft.unlink()
 
 
-def _refuse_mix_with_tenants_file(reader: _Reader) -> None:
+def _refuse_mix_with_tenants_file(reader: _Reader, problems: list[str]) -> None:
     mixed = sorted(name for name in reader.environ
                    if (name == PREFIX + "API_KEYS" or name.startswith(PREFIX + "WATERMARK_"))
                    and reader.raw(name[len(PREFIX):]) is not None)
     for name in mixed:
-        reader.errors.append(f"{name} must be unset when {PREFIX}TENANTS_FILE is set: each "
-                             "tenant's keys and watermark come from that file only")
+        problems.append(f"{name} must be unset when {PREFIX}TENANTS_FILE is set: each "
+                        "tenant's keys and watermark come from that file only")
 
 
 # The validated text of the tenants file, set by the gunicorn master (gunicorn.conf.py) so
@@ -335,7 +335,7 @@ def _refuse_mix_with_tenants_file(reader: _Reader) -> None:
 TENANTS_SNAPSHOT = PREFIX + "TENANTS_SNAPSHOT"
 
 
-def _tenants(reader: _Reader, settings: Settings) -> Tenants:
+def _tenants(reader: _Reader, settings: Settings, problems: list[str]) -> Tenants:
     from .tenants import (LinkDefaults, Tenant, Tenants, load_tenants, read_tenants_file,
                           single_tenant)
 
@@ -348,19 +348,22 @@ def _tenants(reader: _Reader, settings: Settings) -> Tenants:
         return single_tenant(template)
     text = reader.environ.get(TENANTS_SNAPSHOT)
     if text is None:
-        text = read_tenants_file(settings.tenants_file, reader.errors)
+        text = read_tenants_file(settings.tenants_file, problems)
         if text is None:
             return Tenants({}, from_file=True)
     return load_tenants(text, replace(template, api_keys={}), source=str(settings.tenants_file),
-                        errors=reader.errors)
+                        errors=problems)
 
 
 def load_settings(environ: Mapping[str, str] | None = None, *,
-                  default_cache_dir: Path | None = None) -> Settings:
+                  default_cache_dir: Path | None = None, only_tenants: bool = False) -> Settings:
     """Read and validate the settings; raise ConfigError listing every problem.
 
     ``default_cache_dir`` is the cache folder when ``QCIMAGE_CACHE_DIR`` is unset.
+    ``only_tenants``: raise for the tenants file's problems only (``qcimage tenants``
+    checks a file where the service's other settings may not be set).
     """
+    tenant_problems: list[str] = []
     reader = _Reader(os.environ if environ is None else environ)
     env = reader.choice("ENV", "production", ("production", "development"))
     api_keys = _parse_api_keys(reader)
@@ -371,7 +374,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     cache_dir = reader.path("CACHE_DIR", default_cache_dir)
     tenants_file = reader.path("TENANTS_FILE", None)
     if tenants_file is not None:
-        _refuse_mix_with_tenants_file(reader)
+        _refuse_mix_with_tenants_file(reader, tenant_problems)
 
     if env == "production":
         for name, value in (("API_KEYS", api_keys or tenants_file),
@@ -447,7 +450,12 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         demo_secrets=demo,
         tenants_file=tenants_file,
     )
-    settings = replace(settings, tenants=_tenants(reader, settings))
+    settings = replace(settings, tenants=_tenants(reader, settings, tenant_problems))
+    if only_tenants:
+        if tenant_problems:
+            raise ConfigError(tenant_problems)
+        return settings
+    reader.errors += tenant_problems
     for fmt in settings.auto_formats:
         if fmt not in OUTPUT_FORMATS:
             reader.errors.append(f"{PREFIX}AUTO_FORMATS entries must be among "

@@ -8,7 +8,6 @@ the environment's keys, watermark, origins and limits form one tenant, ``default
 from __future__ import annotations
 
 import hmac
-import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -223,9 +222,23 @@ def _is_origin(value: str) -> bool:
         f"{parts.scheme}://{parts.netloc}"
 
 
-def _readable(value: str) -> bool:
+# Checked here, in the gunicorn master (which must not load ImageMagick), so that a HUP
+# with a wrong file is refused instead of failing every new worker's watermark check.
+_FONT_MAGIC = (b"\x00\x01\x00\x00", b"OTTO", b"true", b"ttcf")
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"RIFF")
+
+
+def _starts_with(value: str, magic: tuple[bytes, ...]) -> bool:
     path = Path(value).expanduser()
-    return path.is_file() and os.access(path, os.R_OK)
+    try:
+        with path.open("rb") as file:
+            return file.read(16).startswith(magic)
+    except OSError:
+        return False
+
+
+def _readable_image(value: str) -> bool:
+    return _starts_with(value, _IMAGE_MAGIC)
 
 
 _TENANT_FIELDS = ("api_keys", "cors_origins", "referrers", "lookup_rate_limit",
@@ -253,8 +266,9 @@ def _tenant(name: str, table: dict, template: Tenant, fields: _Fields) -> Tenant
         defaults=_defaults(table.get("defaults"), template.defaults, fields),
     )
     for layer in tenant.watermark:
-        if layer.text is not None and not _readable(str(layer.font)):
-            fields.bad("watermark.font", f"{layer.font} is not a readable font file"
+        if layer.text is not None and not _starts_with(str(layer.font), _FONT_MAGIC):
+            fields.bad("watermark.font", f"{layer.font} is not a readable TrueType/OpenType "
+                       "file"
                        + (" (Debian's fonts-dejavu-core installs it)"
                           if layer.font == DEFAULT_WATERMARK_FONT else ""))
             break
@@ -289,7 +303,7 @@ def _watermark(table: Any, fields: _Fields) -> tuple[WatermarkSettings, ...]:
         return ()
     p = "watermark."
     fields.unknown(table, _WATERMARK_FIELDS, p)
-    files = "readable files (a missing font or logo would fail every image)"
+    files = "readable PNG, JPEG, GIF or WebP files"
     position = fields.get(table, "position", _choice(GRAVITIES), "south_east", p)
     font = fields.get(table, "font", lambda v: None if isinstance(v, str) and v.strip()
                       else "must be the path of a font file", str(DEFAULT_WATERMARK_FONT), p)
@@ -299,7 +313,8 @@ def _watermark(table: Any, fields: _Fields) -> tuple[WatermarkSettings, ...]:
                         else "must be non-blank text", None, p),
         font=Path(font).expanduser(),
         logos=[Path(v).expanduser() for v in fields.get(table, "logos",
-                                                        _string_list(_readable, files), [], p)],
+                                                        _string_list(_readable_image, files),
+                                                        [], p)],
         position=position,
         logo_position=fields.get(table, "logo_position", _choice(GRAVITIES), None, p),
         tile=fields.get(table, "tile", lambda v: None if isinstance(v, bool)

@@ -131,9 +131,13 @@ def test_text_left_out_of_a_watermark_table_means_logos_only(tenants_env, logo):
     ('api_keys = ["{a}"]\nwatermark = {{ text = "A", logo_position = "middle" }}',
      "tenant 'shop-a', field 'watermark.logo_position': must be one of"),
     ('api_keys = ["{a}"]\nwatermark = {{ text = "A", font = "/no/such/font.ttf" }}',
-     "tenant 'shop-a', field 'watermark.font': /no/such/font.ttf is not a readable font file"),
+     "tenant 'shop-a', field 'watermark.font': /no/such/font.ttf is not a readable TrueType"),
     ('api_keys = ["{a}"]\nwatermark = {{ logos = ["/no/such/logo.png"] }}',
-     "tenant 'shop-a', field 'watermark.logos': must be a list of readable files"),
+     "tenant 'shop-a', field 'watermark.logos': must be a list of readable PNG, JPEG"),
+    ('api_keys = ["{a}"]\nwatermark = {{ logos = ["{not_image}"] }}',
+     "tenant 'shop-a', field 'watermark.logos': must be a list of readable PNG, JPEG"),
+    ('api_keys = ["{a}"]\nwatermark = {{ text = "A", font = "{not_image}" }}',
+     "tenant 'shop-a', field 'watermark.font': {not_image} is not a readable TrueType"),
     ('api_keys = ["{a}"]\nwatermark = {{ text = "A", opacity = 1.5 }}',
      "tenant 'shop-a', field 'watermark.opacity': must be from 0.05 to 1.0"),
     ('api_keys = ["{a}"]\nwatermark = {{ text = "A", tile = "yes" }}',
@@ -161,8 +165,11 @@ def test_text_left_out_of_a_watermark_table_means_logos_only(tenants_env, logo):
     ('api_keys = ["{a}"]\ndefaults = {{ srcset_widths = [50] }}',
      "tenant 'shop-a', field 'defaults.srcset_widths': must be a list of integers"),
 ])
-def test_each_invalid_field_is_named_with_its_tenant(tenants_env, body, expected):
-    env = tenants_env("[tenants.shop-a]\n" + body.format(a=HASH_A) + "\n")
+def test_each_invalid_field_is_named_with_its_tenant(tenants_env, tmp_path, body, expected):
+    not_image = tmp_path / "notes.txt"
+    not_image.write_text("a text file, neither an image nor a font")
+    env = tenants_env("[tenants.shop-a]\n" + body.format(a=HASH_A, not_image=not_image) + "\n")
+    expected = expected.format(not_image=not_image)
     found = problems(env)
     assert any(expected in problem for problem in found), found
     assert all(problem.startswith(env["QCIMAGE_TENANTS_FILE"] + ": ") for problem in found)
