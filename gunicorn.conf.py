@@ -26,6 +26,7 @@ This file must stay importable without the application: it imports neither
 """
 
 import ipaddress
+import logging
 import os
 import re
 import shutil
@@ -164,6 +165,20 @@ def log_format():
     return raw.lower()
 
 
+def escape_text_lines(*logs):
+    """Give gunicorn's text handlers the app's escaping formatter, keeping their format.
+
+    A request path may hold CR/LF (percent-decoded by gunicorn); written raw, it would
+    forge log lines. Imported here, in the master's setup, not when this file loads.
+    """
+    from qcimage.logformat import EscapingFormatter
+
+    for log in logs:
+        for handler in log.handlers:
+            current = handler.formatter or logging.Formatter()
+            handler.setFormatter(EscapingFormatter(current._fmt, current.datefmt))
+
+
 class QcimageLogger(gunicorn.glogging.Logger):
     """gunicorn's logger, writing JSON lines like the app when the format is json."""
 
@@ -171,6 +186,8 @@ class QcimageLogger(gunicorn.glogging.Logger):
 
     def setup(self, cfg):
         super().setup(cfg)
+        if not self.json:
+            escape_text_lines(self.error_log, self.access_log)
         if self.json:
             from pythonjsonlogger.json import JsonFormatter
 
@@ -260,7 +277,7 @@ def on_starting(server):
         return
     from qcimage import startup_report
 
-    report = startup_report()
+    report = startup_report(workers=server.cfg.workers)
     if report:
         on_exit(server)
         raise SystemExit(report)

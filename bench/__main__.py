@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
                        for w in results.get("warmup") or []) or "not done"
     results["meta"]["method"] = [
         f"- One `python -m bench` run, {time.monotonic() - started:.0f} s: stand-in "
-        "upstream (`tools/upstream.py`) and gunicorn (`gunicorn.conf.py`, production "
+        "upstream (`tools/upstream/`) and gunicorn (`gunicorn.conf.py`, production "
         "mode as the e2e tests start it, fresh `QCIMAGE_CACHE_DIR`) on 127.0.0.1, "
         f"everything pinned to {len(cores)} cores; wrk runs {duration:g} s each.",
         f"- Latency samples: n = {n} per cold case; in-process medians over "

@@ -48,6 +48,8 @@ def production_env(upstream_url: str, public_url: str, cache_dir: Path,
         "QCIMAGE_CACHE_DIR": str(cache_dir),
         "QCIMAGE_LOOKUP_RATE_LIMIT": BENCH_RATE_LIMIT,
         "QCIMAGE_IMAGE_RATE_LIMIT": BENCH_RATE_LIMIT,
+        # Limits are set out of reach here; counting them per worker changes nothing.
+        "QCIMAGE_RATELIMIT_PER_WORKER": "true",
         **overrides,
     }
     return env, api_key

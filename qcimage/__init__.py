@@ -13,7 +13,7 @@ from flask import Flask, current_app
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import (DEFAULT_WATERMARK_FONT, ConfigError, Settings, WatermarkSettings,
-                     load_settings)
+                     load_settings, per_worker_limit_problems)
 
 if TYPE_CHECKING:
     from .services.cache import Store
@@ -85,11 +85,11 @@ def default_cache_dir(instance_path: str) -> Path:
     return Path(instance_path) / "cache"
 
 
-def startup_report() -> str | None:
+def startup_report(workers: int = 1) -> str | None:
     """The configuration's problems as one block for a person, or None when it can start.
 
-    For the gunicorn master, which checks once before forking: it reads what
-    create_app reads and builds nothing (no ImageMagick in the master).
+    For the gunicorn master, which checks once before forking ``workers`` workers: it
+    reads what create_app reads and builds nothing (no ImageMagick in the master).
     """
     instance_path = Flask(__name__, instance_relative_config=True).instance_path
     environ = _environment(None)
@@ -98,7 +98,8 @@ def startup_report() -> str | None:
     except ConfigError as error:
         problems = error.problems
     else:
-        problems = _unreadable_watermark_files(settings)
+        problems = (_unreadable_watermark_files(settings)
+                    + per_worker_limit_problems(settings, workers))
     if not problems:
         return None
     env = environ.get("QCIMAGE_ENV", "").strip() or "production"
@@ -129,13 +130,14 @@ def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
     if test_config is not None:
         return test_config
     environ = dict(os.environ)
-    # .env is a development convenience; production reads the real environment only.
-    if environ.get("QCIMAGE_ENV", "").strip().lower() != "production" and Path(".env").is_file():
+    # .env is a development convenience, read only when the real environment asks for
+    # development: a stray file must never turn production (the default) into development.
+    if environ.get("QCIMAGE_ENV", "").strip().lower() == "development" and Path(".env").is_file():
         from dotenv import dotenv_values
 
         file_values = {k: v for k, v in dotenv_values(".env").items() if v is not None}
-        if {**file_values, **environ}.get("QCIMAGE_ENV", "production") == "development":
-            environ = {**file_values, **environ}
+        # The real environment wins, QCIMAGE_ENV included: the file cannot say production.
+        environ = {**file_values, **environ}
     return environ
 
 

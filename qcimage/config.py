@@ -66,6 +66,7 @@ class Settings:
     public_url: str
     upstream_url: str
     ratelimit_storage_uri: str
+    ratelimit_per_worker: bool
     cache_dir: Path | None
     redis_url: str | None
     trusted_proxies: int
@@ -183,6 +184,22 @@ class _Reader:
     def path(self, name: str, default: Path | None) -> Path | None:
         value = self.raw(name)
         return Path(value).expanduser() if value is not None else default
+
+
+def per_worker_limit_problems(settings: Settings, workers: int) -> list[str]:
+    """Why production must not start: memory:// would quietly multiply every limit.
+
+    Each worker process counts in its own memory, so N workers let N times each limit
+    through. Development (the demo) may; production must share a store or say it accepts.
+    """
+    if (not settings.is_production or workers < 2 or settings.ratelimit_per_worker
+            or not settings.ratelimit_storage_uri.startswith("memory://")):
+        return []
+    return [f"{PREFIX}RATELIMIT_STORAGE_URI={settings.ratelimit_storage_uri} counts in each of "
+            f"the {workers} workers separately, so every rate limit would let {workers} times "
+            f"its value through: set {PREFIX}RATELIMIT_STORAGE_URI=redis://127.0.0.1:6379/0 "
+            f"(one count for every worker and box), or {PREFIX}WORKERS=1, or accept per-worker "
+            f"limits with {PREFIX}RATELIMIT_PER_WORKER=true"]
 
 
 def _parse_api_keys(reader: _Reader) -> dict[str, str]:
@@ -406,6 +423,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         upstream_url=_check_url(reader, "UPSTREAM_URL", reader.str("UPSTREAM_URL",
                                                                    "https://doppel.fit")) or "",
         ratelimit_storage_uri=reader.str("RATELIMIT_STORAGE_URI", "memory://") or "memory://",
+        ratelimit_per_worker=reader.bool("RATELIMIT_PER_WORKER", False),
         cache_dir=cache_dir,
         redis_url=reader.str("REDIS_URL", None),
         trusted_proxies=trusted_proxies,

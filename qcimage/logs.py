@@ -12,6 +12,7 @@ from flask import Flask, g, request
 from pythonjsonlogger.json import JsonFormatter
 
 from . import metrics
+from .logformat import EscapingFormatter
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 access_log = logging.getLogger("qcimage.access")
@@ -40,7 +41,7 @@ def configure_logging(app: Flask, log_format: str) -> None:
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger",
                            "process": "pid"}))
     else:
-        handler.setFormatter(logging.Formatter(
+        handler.setFormatter(EscapingFormatter(
             "%(asctime)s %(levelname)-7s %(name)s %(process)d [%(request_id)s] %(message)s"))
     handler.addFilter(_RequestContextFilter())
     # Libraries whose warnings operators need (storage fallbacks, circuit changes) log

@@ -59,11 +59,18 @@ def test_keys_list_says_where_it_looked(run):
 
 
 def test_keys_list_reads_the_env_file_development_reads(run, tmp_path):
-    (tmp_path / ".env").write_text(f"QCIMAGE_ENV=development\nQCIMAGE_API_KEYS={OTHER}\n")
-    listed = run(keys_cli, "list")
+    (tmp_path / ".env").write_text(f"QCIMAGE_API_KEYS={OTHER}\n")
+    listed = run(keys_cli, "list", QCIMAGE_ENV="development")
     assert listed.stdout == "other\n"
     assert listed.stderr == ("1 key(s) in QCIMAGE_API_KEYS, read from ./.env "
                              "(read in development):\n")
+
+
+def test_keys_list_ignores_a_stray_env_file_outside_development(run, tmp_path):
+    (tmp_path / ".env").write_text(f"QCIMAGE_ENV=development\nQCIMAGE_API_KEYS={OTHER}\n")
+    listed = run(keys_cli, "list")
+    assert listed.stdout == ""
+    assert listed.stderr.startswith("no keys: QCIMAGE_API_KEYS is set neither")
 
 
 @pytest.mark.parametrize("args", [("list",), ("revoke", "shop")])

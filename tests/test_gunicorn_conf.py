@@ -1,5 +1,6 @@
 """gunicorn.conf.py: defaults, QCIMAGE_* overrides, refusals, and what it must not import."""
 
+import datetime
 import importlib.util
 import os
 import subprocess
@@ -177,6 +178,30 @@ def test_server_header_and_software_name_carry_no_version(load_conf):
     assert gunicorn.arbiter.SERVER_SOFTWARE == "qcimage"
 
 
+def test_gunicorn_text_logs_keep_a_crafted_path_on_one_line(load_conf, capsys):
+    conf = load_conf(QCIMAGE_LOG_FORMAT="text")
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    cfg.set("access_log_format", conf.access_log_format)
+    logger = conf.QcimageLogger(cfg)
+    capsys.readouterr()
+    # gunicorn percent-decodes the path into PATH_INFO, which its access log prints.
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": '/x\r\n127.0.0.1 "GET /admin" 200',
+               "RAW_URI": "/x%0d%0a", "QUERY_STRING": "", "SERVER_PROTOCOL": "HTTP/1.1",
+               "REMOTE_ADDR": "127.0.0.1"}
+    response = types.SimpleNamespace(status="404 Not Found", status_code=404, sent=0,
+                                     headers=[])
+    logger.access(response, types.SimpleNamespace(headers=[]), environ,
+                  datetime.timedelta(seconds=0.01))
+    logger.error("worker said %s", "a\nforged line")
+    written = capsys.readouterr()
+    lines = (written.out + written.err).splitlines()
+    assert len(lines) == 2, lines
+    # gunicorn escapes the quotes itself, and the line breaks no longer.
+    assert '"GET /x\\r\\n127.0.0.1 \\"GET /admin\\" 200 HTTP/1.1" 404' in lines[0], lines
+    assert lines[1].endswith("worker said a\\nforged line")
+
+
 def test_loading_the_config_imports_neither_the_app_nor_imagemagick():
     # A fresh interpreter: this test process may already hold both from other tests.
     probe = (
@@ -268,7 +293,7 @@ def test_the_masters_check_imports_no_imagemagick_and_skips_other_apps(tmp_path)
         "conf['on_starting'](types.SimpleNamespace(app=types.SimpleNamespace(app_uri='x:app')))\n"
         "print('qcimage' in sys.modules)\n"
         "conf['on_starting'](types.SimpleNamespace(app=types.SimpleNamespace("
-        "app_uri='wsgi:app')))\n"
+        "app_uri='wsgi:app'), cfg=types.SimpleNamespace(workers=2)))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'wand'))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
@@ -279,6 +304,48 @@ def test_the_masters_check_imports_no_imagemagick_and_skips_other_apps(tmp_path)
     assert result.stdout.split("\n")[:2] == ["False", "[]"]
     # Development's secrets are made once, by the master, for the workers to read.
     assert (tmp_path / "cache" / "development-secrets.json").is_file()
+
+
+def test_the_master_refuses_memory_limits_for_several_workers_in_production(tmp_path):
+    production = {"QCIMAGE_API_KEYS": "shop:" + "0" * 64, "QCIMAGE_SIGNING_KEYS": "s" * 32,
+                  "QCIMAGE_PUBLIC_URL": "https://qc.example.com",
+                  "QCIMAGE_CACHE_DIR": tmp_path / "cache"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONF],
+        cwd=ROOT, env=clean_env(HOME=tmp_path, QCIMAGE_BIND=f"127.0.0.1:{free_port()}",
+                                QCIMAGE_WORKERS="3", **production),
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "Booting worker" not in result.stderr
+    assert ("  - QCIMAGE_RATELIMIT_STORAGE_URI=memory:// counts in each of the 3 workers "
+            "separately, so every rate limit would let 3 times its value through: set "
+            "QCIMAGE_RATELIMIT_STORAGE_URI=redis://127.0.0.1:6379/0 (one count for every "
+            "worker and box), or QCIMAGE_WORKERS=1, or accept per-worker limits with "
+            "QCIMAGE_RATELIMIT_PER_WORKER=true") in result.stderr.splitlines()
+
+
+@pytest.mark.parametrize("env, workers", [
+    ({"QCIMAGE_ENV": "production"}, 1),
+    ({"QCIMAGE_ENV": "production", "QCIMAGE_RATELIMIT_STORAGE_URI": "redis://127.0.0.1:6379/0"},
+     4),
+    ({"QCIMAGE_ENV": "production", "QCIMAGE_RATELIMIT_PER_WORKER": "true"}, 4),
+    ({"QCIMAGE_ENV": "development"}, 4),
+], ids=["one worker", "redis", "said per worker", "development"])
+def test_memory_limits_are_fine_where_they_multiply_nothing_or_are_accepted(
+        monkeypatch, tmp_path, env, workers):
+    from qcimage import startup_report
+
+    for name in list(os.environ):
+        if name.startswith("QCIMAGE_"):
+            monkeypatch.delenv(name)
+    for name, value in {"QCIMAGE_API_KEYS": "shop:" + "0" * 64,
+                        "QCIMAGE_SIGNING_KEYS": "s" * 32,
+                        "QCIMAGE_PUBLIC_URL": "https://qc.example.com",
+                        "QCIMAGE_CACHE_DIR": str(tmp_path / "cache"), **env}.items():
+        monkeypatch.setenv(name, value)
+    assert startup_report(workers=workers) is None
+    if env.get("QCIMAGE_ENV") == "production" and len(env) == 1:
+        assert "QCIMAGE_RATELIMIT_STORAGE_URI=memory://" in startup_report(workers=2)
 
 
 def test_the_master_names_a_missing_watermark_file_once(tmp_path):

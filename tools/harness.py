@@ -174,7 +174,7 @@ def _wait_log_line(process, pattern, timeout):
 
 
 class Upstream(ManagedProcess):
-    """The Doppel stand-in (tools/upstream.py) and its test controls."""
+    """The Doppel stand-in (tools/upstream/) and its test controls."""
 
     url = None
 

@@ -26,6 +26,8 @@ _PRODUCT_PATH = "/api/v1/products/qcMedia"
 _IMAGE_PATH = "/img"
 _MAX_PRODUCT_BYTES = 4 * 1024 * 1024
 _CHUNK = 256 * 1024
+# ASCII digits only: str.isdigit() also passes "¹" or "٣", which int() then refuses.
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}\Z")
 
 
 class UpstreamError(ServiceError):
@@ -224,8 +226,8 @@ class DoppelClient:
                     raise UpstreamNotFound(f"upstream has no such {what}")
                 if response.status_code != 200:
                     raise UpstreamError(f"upstream answered the {what} request with an error")
-                declared = response.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > limit:
+                declared = _declared_length(response, what)
+                if declared is not None and declared > limit:
                     raise SourceTooLarge(f"upstream {what} is larger than {limit} bytes")
                 body = bytearray()
                 # read1 returns what one socket read brings, so the deadline is checked
@@ -236,6 +238,11 @@ class DoppelClient:
                         raise SourceTooLarge(f"upstream {what} is larger than {limit} bytes")
                     if time.monotonic() - started > deadline:
                         raise UpstreamTimeout(f"upstream {what} took longer than {deadline:g}s")
+                # Bytes on the wire (before any Content-Encoding is undone) against what
+                # upstream declared: a body that disagrees is partial or padded, never used.
+                if declared is not None and response.raw.tell() != declared:
+                    raise UpstreamError(f"upstream {what} body does not match its "
+                                        "Content-Length")
                 return response, body, time.monotonic() - started
         except (requests.Timeout, urllib3.exceptions.TimeoutError):
             raise UpstreamTimeout(f"upstream {what} request timed out") from None
@@ -264,6 +271,16 @@ class DoppelClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _declared_length(response: requests.Response, what: str) -> int | None:
+    """The Content-Length upstream declared, None when absent; UpstreamError when malformed."""
+    raw = response.headers.get("Content-Length")
+    if raw is None:
+        return None
+    if not _CONTENT_LENGTH.match(raw.strip()):
+        raise UpstreamError(f"upstream {what} answer has a malformed Content-Length")
+    return int(raw)
 
 
 def _parse_product(body: bytearray) -> list[str]:

@@ -74,6 +74,9 @@ def qcimage_server(request, tmp_path, upstream, make_key):
             "QCIMAGE_PUBLIC_URL": public_url or f"http://127.0.0.1:{port}",
             "QCIMAGE_UPSTREAM_URL": upstream.url,
             "QCIMAGE_CACHE_DIR": tmp_path / f"cache-{port}",
+            # Several workers on memory:// limits: said, not silent (tests use Redis where
+            # counting across workers matters).
+            "QCIMAGE_RATELIMIT_PER_WORKER": "true",
             **env,
         }
         server = harness.start_gunicorn(full_env, workers, tmp=tmp_path, port=port)
