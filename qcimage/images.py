@@ -7,10 +7,12 @@ import time
 from flask import Blueprint, Response, g, request
 
 from . import current_services
+from .errors import APIError
 from .extensions import client_ip, limiter
 from .schemas import ImageQuerySchema, load_query
 from .services.pipeline import RenderJob
 from .services.signing import SIGNED_PARAMS
+from .tenants import Tenant
 
 bp = Blueprint("images", __name__)
 _query = ImageQuerySchema()
@@ -18,8 +20,23 @@ _MIME = {"avif": "image/avif", "webp": "image/webp", "jpeg": "image/jpeg", "png"
 _MAX_AGE = 86400
 
 
-limiter.limit(lambda: current_services().settings.image_limit, key_func=client_ip,
-              methods=["GET", "HEAD"])(bp)
+def _named_tenant() -> Tenant | None:
+    # Before the signature is checked: only which bucket counts. A made-up t is counted
+    # in the shared "-" bucket of its client IP, and then refused.
+    return current_services().settings.tenants.get(request.args.get("t"))
+
+
+def _rate_limit() -> str:
+    tenant = _named_tenant()
+    return tenant.image_limit if tenant else current_services().settings.image_limit
+
+
+def _rate_limit_key() -> str:
+    tenant = _named_tenant()
+    return f"{tenant.name if tenant else '-'}/{client_ip()}"
+
+
+limiter.limit(_rate_limit, key_func=_rate_limit_key, methods=["GET", "HEAD"])(bp)
 
 
 def negotiate(requested: str, preferences: tuple[str, ...]) -> str:
@@ -53,11 +70,24 @@ def _caching_headers(args: dict, etag: str) -> dict[str, str]:
     return headers
 
 
+def _signed_tenant(name: str | None) -> Tenant:
+    """The tenant a verified link names, if it may be shown on the page asking."""
+    tenant = current_services().settings.tenants.get(name)
+    if tenant is None:
+        raise APIError(403, "unknown_tenant", "this image link belongs to a site that is not "
+                       "configured here (any more); look the product up again")
+    if not tenant.allows_referrer(request.headers.get("Referer")):
+        raise APIError(403, "hotlink_refused", "this image may only be shown on the pages of "
+                       "the site it was made for")
+    return tenant
+
+
 @bp.get("/api/image")
 def image():
     args = load_query(_query, request.args)
     services = current_services()
     services.signer.verify({name: request.args.get(name) for name in SIGNED_PARAMS}, args["sig"])
+    g.tenant = _signed_tenant(args["t"])
     job = RenderJob(image_id=args["url"], width=args["width"], quality=args["quality"],
                     format=negotiate(args["format"], services.settings.auto_formats))
     etag = services.renderer.etag(job)

@@ -10,6 +10,8 @@ from marshmallow import (RAISE, Schema, ValidationError, fields, post_load, pre_
 from werkzeug.datastructures import MultiDict
 
 from .errors import APIError
+from .services.signing import SignatureInvalid
+from .tenants import TENANT_NAME
 
 PLATFORMS = ("WEIDIAN", "TAOBAO", "1688", "TMALL")
 FORMATS = ("webp", "jpeg", "png", "avif", "auto")
@@ -85,6 +87,13 @@ class ProductQuerySchema(QuerySchema):
 class ImageQuerySchema(QuerySchema):
     """The public image URL. Values stay exactly as sent so the signature covers them."""
 
+    @pre_load
+    def refuse_two_tenants(self, data, **kwargs):
+        # Two t's name two watermarks: whichever one a reader picked, the link was tampered.
+        if isinstance(data, MultiDict) and len(data.getlist("t")) > 1:
+            raise SignatureInvalid("the image URL names its site (t) more than once")
+        return data
+
     url = fields.String(required=True, validate=validate.Regexp(_IMAGE_ID),
                         metadata={"rule": "is an image id: it may only contain letters, "
                                           "digits, '_' and '-' (1-64 characters)",
@@ -95,6 +104,9 @@ class ImageQuerySchema(QuerySchema):
         load_default="webp", validate=validate.OneOf(FORMATS),
         metadata={"rule": "must be one of " + ", ".join(FORMATS), "enum": list(FORMATS)})
     expires = CanonicalInteger(0, 9_999_999_999, load_default=None)
+    t = fields.String(load_default=None, validate=validate.Regexp(TENANT_NAME.pattern),
+                      metadata={"rule": "must be the tenant the look-up wrote into the URL",
+                                "example": "shop-a"})
     # Any value is checked against the HMAC: a wrong signature is a 403, not a 400.
     sig = fields.String(load_default=None, validate=validate.Length(max=256),
                         metadata={"rule": "must be the signature returned with the URL"})
