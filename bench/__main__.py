@@ -56,8 +56,8 @@ def _pin_cores(count: int) -> list[int]:
 
 
 def _machine(cores: list[int], workers: int, vips_version: str) -> dict[str, str]:
-    # Through the engine's module: it points ImageMagick at our policy before Wand loads.
-    from qcimage.services.imaging import imagemagick_version
+    # Through the imaging package: it points ImageMagick at our policy before Wand loads.
+    from qcimage.services.imaging.policy import imagemagick_version
 
     model = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -17,7 +17,7 @@ from .config import (DEFAULT_WATERMARK_FONT, ConfigError, Settings, WatermarkSet
 
 if TYPE_CHECKING:
     from .services.cache import Store
-    from .services.imaging import Watermark
+    from .services.imaging.watermark import Watermark
     from .services.pipeline import ImageRenderer, ProductLookup
     from .services.signing import Signer
     from .services.upstream import DoppelClient
@@ -143,7 +143,7 @@ def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
 
 def build_watermark(layers: tuple[WatermarkSettings, ...]) -> Watermark:
     """The imaging engine's watermark for layers as configured (environment or tenant)."""
-    from .services.imaging import Watermark, WatermarkLayer
+    from .services.imaging.watermark import Watermark, WatermarkLayer
 
     return Watermark(layers=tuple(
         WatermarkLayer(text=layer.text, logo=layer.logo, font=layer.font, gravity=layer.gravity,
@@ -154,7 +154,7 @@ def build_watermark(layers: tuple[WatermarkSettings, ...]) -> Watermark:
 
 def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.cache import DiskStore, LookupCache, RedisStore, RenderCache, TieredStore
-    from .services.imaging import ImagingEngine
+    from .services.imaging.engine import ImagingEngine
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
     from .services.upstream import DoppelClient, make_breaker

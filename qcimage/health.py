@@ -10,7 +10,7 @@ from . import current_services
 from .errors import APIError, error_response
 from .extensions import limiter, talisman
 from .metrics import render_latest
-from .services.imaging import policy_in_force
+from .services.imaging.policy import policy_in_force
 
 bp = Blueprint("health", __name__)
 limiter.exempt(bp)

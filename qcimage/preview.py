@@ -54,7 +54,8 @@ def contact_sheet(name: str, layers: tuple[WatermarkSettings, ...], out: Path) -
     from PIL import Image, ImageDraw, ImageFont
 
     from . import build_watermark
-    from .services.imaging import ImagingEngine, RenderSpec
+    from .services.imaging import RenderSpec
+    from .services.imaging.engine import ImagingEngine
 
     engine = ImagingEngine(build_watermark(layers))
     engine.check_watermark()

@@ -17,8 +17,10 @@ from PIL import Image
 
 from qcimage import create_app
 from qcimage.schemas import ImageQuerySchema
-from qcimage.services.imaging import OUTPUT_FORMATS, ImagingEngine, RenderSpec, Watermark
+from qcimage.services.imaging.engine import ImagingEngine, RenderSpec
+from qcimage.services.imaging.watermark import Watermark
 from qcimage.services.signing import SIGNED_PARAMS, Signer
+from qcimage.vocabulary import OUTPUT_FORMATS
 
 from .conftest import (API_KEY, IMAGE_URL, PRODUCT_URL, PUBLIC, SIGNING_KEY, UPSTREAM, key_line,
                        photo_bytes)

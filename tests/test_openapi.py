@@ -15,8 +15,8 @@ from openapi_spec_validator import validate as validate_spec
 from qcimage import create_app
 from qcimage.openapi import UNDOCUMENTED_ENDPOINTS, build_spec
 from qcimage.schemas import ImageQuerySchema, ProductQuerySchema
-from qcimage.services.imaging import OUTPUT_FORMATS
 from qcimage.services.signing import SIGNED_PARAMS, Signer
+from qcimage.vocabulary import OUTPUT_FORMATS
 from tests.conftest import API_KEY, SIGNING_KEY, add_image, add_product
 
 QUERY_SCHEMAS = {"/api/qc-images": ProductQuerySchema, "/api/image": ImageQuerySchema}

@@ -9,6 +9,7 @@ import requests
 from PIL import Image
 
 from qcimage import create_app
+from qcimage.services import cache
 from tests.conftest import (API_KEY, OTHER_KEY, PRODUCT_URL, PUBLIC, add_image, add_product,
                             key_line, photo_bytes, query)
 
@@ -362,7 +363,7 @@ def test_renders_cached_before_sizes_were_kept_get_theirs_on_a_hit(api_get, clie
     link = api_get(id="7494645791").get_json()["images"][0]["watermarked"]
     assert client.get(link.removeprefix(PUBLIC)).headers["X-Cache"] == "MISS"
     renderer = app.extensions["qcimage"].renderer
-    renderer.cache.store.delete(renderer._size_key("n4EYdIoE", 960))
+    renderer.cache.store.delete(cache._SIZE + renderer._size_key("n4EYdIoE", 960))
     assert "width" not in api_get(id="7494645791").get_json()["images"][0]
     assert client.get(link.removeprefix(PUBLIC)).headers["X-Cache"] == "HIT"
     image = api_get(id="7494645791").get_json()["images"][0]

@@ -20,6 +20,13 @@ import diskcache
 
 log = logging.getLogger(__name__)
 
+# Every key prefix in the store, here and nowhere else, so no two uses can collide.
+_RENDER = "r:"  # a rendered image (Entry.pack)
+_RENDER_LOCK = "l:"  # the worker rendering that key, while it does
+_LOOKUP = "p:"  # a product's image ids and when they were fetched
+_SIZE = "d:"  # the width x height an image renders at, for look-ups
+_WIDTH_RATIO = "o:"  # an image's stored/shown width ratio (EXIF-rotated sources)
+
 
 class Store(Protocol):
     def get(self, key: str) -> bytes | None: ...
@@ -171,7 +178,7 @@ class RenderCache:
         self.lock_ttl = lock_ttl
 
     def get(self, key: str) -> Entry | None:
-        raw = self.store.get("r:" + key)
+        raw = self.store.get(_RENDER + key)
         return Entry.unpack(raw) if raw is not None else None
 
     def get_or_render(self, key: str, render: Callable[[], Entry]) -> tuple[Entry, bool]:
@@ -179,7 +186,7 @@ class RenderCache:
         entry = self.get(key)
         if entry is not None:
             return entry, True
-        lock = "l:" + key
+        lock = _RENDER_LOCK + key
         deadline = time.monotonic() + self.wait_timeout
         pause = 0.005
         while True:
@@ -191,7 +198,7 @@ class RenderCache:
                     if entry is not None:
                         return entry, True
                     entry = render()
-                    self.store.set("r:" + key, entry.pack())
+                    self.store.set(_RENDER + key, entry.pack())
                     return entry, False
                 finally:
                     # Only our own lock: one that outlived lock_ttl may be another's now.
@@ -204,6 +211,26 @@ class RenderCache:
                 return entry, True
             if time.monotonic() > deadline:
                 raise RenderTimeout(key)
+
+    def rendered_size(self, key: str) -> tuple[int, int] | None:
+        """(width, height) kept under key by remember_size, or None."""
+        raw = self.store.get(_SIZE + key)
+        try:
+            width, height = (int(n) for n in raw.decode().split("x"))
+        except (AttributeError, ValueError):
+            return None
+        return width, height
+
+    def remember_size(self, key: str, width: int, height: int) -> None:
+        self.store.set(_SIZE + key, f"{width}x{height}".encode())
+
+    def width_ratio(self, image_id: str) -> float:
+        """How much wider than shown an image is stored (1.0 until one is remembered)."""
+        raw = self.store.get(_WIDTH_RATIO + image_id)
+        return float(raw) if raw else 1.0
+
+    def remember_width_ratio(self, image_id: str, ratio: float) -> None:
+        self.store.set(_WIDTH_RATIO + image_id, repr(ratio).encode())
 
 
 class LookupCache:
@@ -219,7 +246,7 @@ class LookupCache:
         """(image ids, fresh) or None."""
         if self.ttl <= 0:
             return None
-        raw = self.store.get("p:" + key)
+        raw = self.store.get(_LOOKUP + key)
         if raw is None:
             return None
         try:
@@ -233,4 +260,4 @@ class LookupCache:
         if self.ttl <= 0:
             return
         raw = json.dumps({"ids": ids, "at": self.clock()}).encode()
-        self.store.set("p:" + key, raw, expire=self.ttl + self.stale_ttl)
+        self.store.set(_LOOKUP + key, raw, expire=self.ttl + self.stale_ttl)

@@ -7,12 +7,16 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import metrics
 from .cache import Entry, LookupCache, RenderCache, RenderTimeout
-from .imaging import (ImagingEngine, RenderSpec, UnsupportedImage, displayed_size,
-                      imagemagick_version, probe)
+from .imaging import RenderSpec, UnsupportedImage
+from .imaging.probe import Probe, probe
 from .upstream import DoppelClient, Source, UpstreamTimeout
+
+if TYPE_CHECKING:  # the engine loads ImageMagick; the pipeline only holds one
+    from .imaging.engine import ImagingEngine
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +96,8 @@ class ImageRenderer:
         self.source = source
         # Everything outside the request that changes the bytes: a new watermark, a new
         # ImageMagick or a new pipeline never serves an old render.
-        self._key_prefix = "|".join((PIPELINE_VERSION, imagemagick_version(),
-                                     engine.settings_key(), watermark_fingerprint))
+        self._key_prefix = "|".join((PIPELINE_VERSION, engine.settings_key(),
+                                     watermark_fingerprint))
 
     def cache_key(self, job: RenderJob) -> str:
         src_width, src_format, src_quality = self.source.params(job)
@@ -103,60 +107,55 @@ class ImageRenderer:
 
     def _size_key(self, image_id: str, width: int) -> str:
         # Any format or quality comes out the same size; the source asked for may not.
-        return "|".join(("d:" + PIPELINE_VERSION, image_id, str(width),
+        return "|".join((PIPELINE_VERSION, image_id, str(width),
                          str(self.source.width or width)))
-
-    def _remember_size(self, job: RenderJob, width: int, height: int) -> None:
-        # For look-ups, so pages can reserve the space before the image loads.
-        self.cache.store.set(self._size_key(job.image_id, job.width),
-                             f"{width}x{height}".encode())
 
     def known_size(self, image_id: str, width: int) -> tuple[int, int] | None:
         """(width, height) of ``image_id`` rendered at ``width``, once a render showed it."""
-        raw = self.cache.store.get(self._size_key(image_id, width))
-        try:
-            shown_width, shown_height = (int(n) for n in raw.decode().split("x"))
-        except (AttributeError, ValueError):
-            return None
-        return shown_width, shown_height
+        return self.cache.rendered_size(self._size_key(image_id, width))
+
+    def _remember_size(self, job: RenderJob, width: int, height: int) -> None:
+        # For look-ups, so pages can reserve the space before the image loads.
+        self.cache.remember_size(self._size_key(job.image_id, job.width), width, height)
 
     def etag(self, job: RenderJob) -> str:
         """Strong ETag known before rendering: same inputs, same bytes."""
         return '"' + self.cache_key(job)[:40] + '"'
 
-    def _fetch_source(self, job: RenderJob) -> Source:
+    def _fetch_source(self, job: RenderJob) -> tuple[Source, Probe]:
+        """The source to render from, and its probe: each fetched source is read once."""
         width, fmt, quality = self.source.params(job)
         if self.source.width:
-            return self.client.fetch_image(job.image_id, width=width, fmt=fmt, quality=quality)
+            source = self.client.fetch_image(job.image_id, width=width, fmt=fmt,
+                                             quality=quality)
+            return source, probe(source.data)
         # Upstream sizes the *stored* pixels: an EXIF-rotated portrait asked for at 960
         # comes back 960 tall and only 720 wide once upright. Ask once more, wide enough,
         # and remember the image's stored/shown ratio so other widths ask right at once.
-        hint_key = "o:" + job.image_id
-        hint = self.cache.store.get(hint_key)
-        ratio = float(hint) if hint else 1.0
+        ratio = self.cache.width_ratio(job.image_id)
         asked = min(MAX_SOURCE_WIDTH, math.ceil(width * ratio))
         source = self.client.fetch_image(job.image_id, width=asked, fmt=fmt, quality=quality)
-        _, stored_width, _ = probe(source.data)
-        shown_width, _ = displayed_size(source.data)
-        if shown_width < job.width and stored_width >= asked:
-            ratio = stored_width / shown_width
-            self.cache.store.set(hint_key, repr(ratio).encode())
+        probed = probe(source.data)
+        shown_width, _ = probed.shown_size
+        if shown_width < job.width and probed.width >= asked:
+            ratio = probed.width / shown_width
+            self.cache.remember_width_ratio(job.image_id, ratio)
             wider = min(MAX_SOURCE_WIDTH, math.ceil(job.width * ratio))
             source = self.client.fetch_image(job.image_id, width=wider, fmt=fmt,
                                              quality=quality)
-        return source
+            probed = probe(source.data)
+        return source, probed
 
     def render(self, job: RenderJob) -> RenderResult:
         timings: dict[str, float] = {}
 
         def produce() -> Entry:
             started = time.perf_counter()
-            source = self._fetch_source(job)
+            source, probed = self._fetch_source(job)
             timings["upstream_ms"] = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
-            rendered = self.engine.render(source.data, RenderSpec(width=job.width,
-                                                                  quality=job.quality,
-                                                                  format=job.format))
+            spec = RenderSpec(width=job.width, quality=job.quality, format=job.format)
+            rendered = self.engine.render(source.data, spec, probed)
             timings["render_ms"] = (time.perf_counter() - started) * 1000
             metrics.RENDER_SECONDS.labels(job.format).observe(timings["render_ms"] / 1000)
             self._remember_size(job, rendered.width, rendered.height)
@@ -172,9 +171,9 @@ class ImageRenderer:
             if self.known_size(job.image_id, job.width) is None:
                 # Rendered before sizes were kept: read it off the header, once.
                 try:
-                    _, width, height = probe(entry.data)
+                    rendered = probe(entry.data)
                 except UnsupportedImage:
                     pass  # AVIF: no header reader here; known after its next render
                 else:
-                    self._remember_size(job, width, height)
+                    self._remember_size(job, rendered.width, rendered.height)
         return RenderResult(entry, cached, timings.get("upstream_ms"), timings.get("render_ms"))

@@ -246,7 +246,7 @@ def hostile_corpus(traps: Traps) -> dict[str, Case]:
     for name, payload in scripts.items():
         cases[name] = (payload, *unsupported)
     corpus = {name: Case(body, status, error) for name, (body, error, status) in cases.items()}
-    # Documented tolerance (imaging._read_first_frame): a JPEG whose header is whole but
+    # Documented tolerance (imaging.policy.read_first_frame): a JPEG whose header is whole but
     # whose scan data is cut is decoded partly, as browsers do, and served watermarked.
     corpus["jpeg cut at half its bytes"] = Case(photo[:len(photo) // 2], 200, format="png")
     corpus["gif with 200 frames"] = Case(gif, 200, format="png")

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image, ImageCms, ImageDraw, PngImagePlugin
 
 from qcimage.config import DEFAULT_WATERMARK_FONT, DEFAULT_WATERMARK_TEXT
-from qcimage.services.imaging import ImagingEngine, Watermark, WatermarkLayer
+from qcimage.services.imaging.engine import ImagingEngine
+from qcimage.services.imaging.watermark import Watermark, WatermarkLayer
 
 
 def default_watermark() -> Watermark:

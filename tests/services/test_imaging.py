@@ -3,6 +3,8 @@
 import io
 import shutil
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 
@@ -11,24 +13,15 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps, JpegImagePlugin
 
 from qcimage.config import DEFAULT_WATERMARK_FONT as DEFAULT_FONT
-from qcimage.services import imaging
-from qcimage.services.imaging import (
-    GRAVITIES,
-    MAX_SIDE,
-    OUTPUT_FORMATS,
-    ImageTooLarge,
-    ImagingEngine,
-    RenderSpec,
-    UnsupportedImage,
-    Watermark,
-    WatermarkError,
-    WatermarkLayer,
-    available_output_formats,
-    imagemagick_version,
-    probe,
-    resource_limits,
-    sniff_format,
-)
+from qcimage.services.imaging import ImageTooLarge, UnsupportedImage, WatermarkError
+from qcimage.services.imaging import engine as engine_module
+from qcimage.services.imaging.engine import ImagingEngine, RenderSpec
+from qcimage.services.imaging.policy import (MAX_SIDE, available_output_formats,
+                                             imagemagick_version, policy_in_force,
+                                             policy_limits, resource_limits)
+from qcimage.services.imaging.probe import Probe, probe, sniff_format
+from qcimage.services.imaging.watermark import Watermark, WatermarkLayer
+from qcimage.vocabulary import GRAVITIES, OUTPUT_FORMATS
 from tests.services.conftest import default_watermark
 
 MAGIC = {
@@ -143,8 +136,8 @@ def test_large_jpegs_decode_at_no_less_than_one_and_a_half_times_the_output(
         read_first_frame(img, data, fmt)
         sizes.append(img.size)
 
-    read_first_frame = imaging._read_first_frame
-    monkeypatch.setattr(imaging, "_read_first_frame", spy)
+    read_first_frame = engine_module.read_first_frame
+    monkeypatch.setattr(engine_module, "read_first_frame", spy)
     engine.render(request.getfixturevalue(source), RenderSpec(width, 80, "webp"))
     assert sizes == [decoded]
 
@@ -442,7 +435,23 @@ def test_probe_reads_each_allowed_format(make_photo, encode_image, light_photo, 
     ]
     for data, expected in cases:
         assert sniff_format(data) == expected[0]
-        assert probe(data) == expected
+        probed = probe(data)
+        assert (probed.format, probed.width, probed.height) == expected
+
+
+def test_probing_does_not_load_imagemagick():
+    code = ("import sys; from qcimage.services.imaging.probe import probe; "
+            "from qcimage.services.pipeline import ProductLookup; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'wand'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_probe_reads_orientation_and_the_shown_size(rotated_photo, opaque_png):
+    assert probe(rotated_photo) == Probe("jpeg", 1600, 1200, orientation=6)
+    assert probe(rotated_photo).shown_size == (1200, 1600)
+    assert probe(opaque_png).shown_size == (500, 400)
 
 
 NOT_IMAGES = {
@@ -520,7 +529,7 @@ def test_a_body_that_is_not_what_the_header_says_is_unsupported(engine):
 def test_oversized_sources_are_refused_before_decoding(engine, width, height):
     # These PNGs carry (almost) no pixel data: decoding them would fail differently.
     data = png_header_only(width, height)
-    assert probe(data) == ("png", width, height)
+    assert probe(data) == Probe("png", width, height)
     with pytest.raises(ImageTooLarge):
         engine.render(data, RenderSpec(480, 80, "webp"))
 
@@ -543,25 +552,24 @@ def test_imagemagick_resource_limits_are_reported_as_too_large():
 # --- the policy in force ---
 
 def test_our_resource_limits_are_in_force():
-    ours = imaging.policy_limits()
+    ours = policy_limits()
     assert {"width", "height", "area", "memory", "map", "disk", "thread"} <= set(ours)
     assert "time" not in ours
     in_force = resource_limits()
     assert {name: in_force[name] for name in ours} == ours
     assert in_force["time"] >= 2**62  # unlimited: a time limit would kill long-lived workers
     assert MAX_SIDE == ours["width"] == ours["height"]
-    assert imaging.policy_in_force()
+    assert policy_in_force()
 
 
 @pytest.mark.parametrize("coder, data", [
     ("svg", NOT_IMAGES["svg"]), ("mvg", NOT_IMAGES["mvg"]), ("msl", NOT_IMAGES["msl"]),
     ("txt", NOT_IMAGES["text"]), ("ps", NOT_IMAGES["ps"]), ("xc", b"red"),
     ("label", b"hello"), ("inline", b"data:image/gif;base64,R0lGODlhAQABAAAAACw=")])
-def test_policy_refuses_other_coders_even_when_forced(engine, monkeypatch, coder, data):
+def test_policy_refuses_other_coders_even_when_forced(engine, coder, data):
     # Sniffing never lets these through; pretend it did, to test the policy behind it.
-    monkeypatch.setattr(imaging, "probe", lambda source: (coder, 10, 10))
     with pytest.raises(UnsupportedImage) as caught:
-        engine.render(data, RenderSpec(480, 80, "png"))
+        engine.render(data, RenderSpec(480, 80, "png"), Probe(coder, 10, 10))
     assert "security policy" in str(caught.value.__cause__)
 
 
@@ -632,7 +640,7 @@ def test_exif_orientation_is_applied_for_every_source_format(fmt):
     buffer = io.BytesIO()
     stored.save(buffer, fmt, exif=exif.tobytes(), quality=95)
     source = buffer.getvalue()
-    assert imaging.displayed_size(source) == (600, 800)
+    assert probe(source).shown_size == (600, 800)
     rendered = ImagingEngine(default_watermark()).render(source, RenderSpec(300, 90, "png"))
     assert (rendered.width, rendered.height) == (300, 400)
     with Image.open(io.BytesIO(rendered.data)) as out:

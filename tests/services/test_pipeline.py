@@ -11,7 +11,9 @@ from PIL import Image
 
 from qcimage.services.cache import DiskStore, LookupCache, RenderCache
 from qcimage.config import DEFAULT_WATERMARK_FONT as DEFAULT_FONT
-from qcimage.services.imaging import ImagingEngine, Watermark, WatermarkLayer
+from qcimage.services.imaging import probe as probe_module
+from qcimage.services.imaging.engine import ImagingEngine
+from qcimage.services.imaging.watermark import Watermark, WatermarkLayer
 from qcimage.services.pipeline import ImageRenderer, ProductLookup, RenderJob, SourcePolicy
 from qcimage.services.upstream import DoppelClient, UpstreamError
 
@@ -70,6 +72,24 @@ def test_rotated_source_is_fetched_again_wide_enough(engine, store):
     assert requested_widths(responses.calls) == [960, 1280]
     with Image.open(io.BytesIO(result.entry.data)) as img:
         assert img.size == (960, 1280)
+
+
+@pytest.mark.parametrize("bodies, fetches", [
+    ([rotated_jpeg(1280, 960)], 1),  # wide enough at once
+    ([rotated_jpeg(960, 720), rotated_jpeg(1280, 960)], 2),  # fetched again, wider
+])
+@responses.activate
+def test_each_fetched_source_header_is_parsed_once(engine, store, monkeypatch, bodies,
+                                                   fetches):
+    parsed = []
+    jpeg_size = probe_module._PROBES["jpeg"]
+    monkeypatch.setitem(probe_module._PROBES, "jpeg",
+                        lambda data: parsed.append(len(data)) or jpeg_size(data))
+    for body in bodies:
+        responses.get(BASE + "/img", body=body, content_type="image/jpeg")
+    renderer(engine, store).render(RenderJob("abc", 960, 80, "webp"))
+    assert len(responses.calls) == fetches
+    assert parsed == [len(body) for body in bodies]
 
 
 @responses.activate
