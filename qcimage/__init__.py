@@ -17,6 +17,7 @@ from .config import (DEFAULT_WATERMARK_FONT, ConfigError, Settings, WatermarkSet
 
 if TYPE_CHECKING:
     from .services.cache import Store
+    from .services.pipeline import Brand
     from .services.imaging.watermark import Watermark
     from .services.pipeline import ImageRenderer, ProductLookup
     from .services.signing import Signer
@@ -31,6 +32,7 @@ class Services:
     """What the views use, built once per process from the settings."""
 
     settings: Settings
+    brands: dict[str, Brand]          # tenant name -> its watermark as rendered
     signer: Signer
     lookup: ProductLookup
     renderer: ImageRenderer
@@ -152,6 +154,25 @@ def build_watermark(layers: tuple[WatermarkSettings, ...]) -> Watermark:
         for layer in layers))
 
 
+def build_brands(settings: Settings) -> dict[str, Brand]:
+    """Each tenant's watermark, drawn once on a canvas: a missing font or logo stops the
+    worker from booting instead of failing each image. Tenants with the same watermark
+    share one painter, and so its overlays."""
+    from .services.imaging.watermark import WatermarkPainter
+    from .services.pipeline import Brand
+
+    painters: dict[tuple[WatermarkSettings, ...], tuple[WatermarkPainter, str]] = {}
+    brands = {}
+    for name, tenant in settings.tenants.by_name.items():
+        if tenant.watermark not in painters:
+            watermark = build_watermark(tenant.watermark)
+            painter = WatermarkPainter(watermark)
+            painter.check()
+            painters[tenant.watermark] = (painter, watermark.fingerprint())
+        brands[name] = Brand(name, *painters[tenant.watermark])
+    return brands
+
+
 def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.cache import DiskStore, LookupCache, RedisStore, RenderCache, TieredStore
     from .services.imaging.engine import ImagingEngine
@@ -159,12 +180,13 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.signing import Signer
     from .services.upstream import DoppelClient, make_breaker
 
-    watermark = build_watermark(settings.watermark)
-    engine = ImagingEngine(watermark, max_source_pixels=settings.max_source_pixels,
+    brands = build_brands(settings)
+    # The engine's own watermark (for jobs naming no tenant): `default`'s, else the first's.
+    first = settings.tenants.get(None) or next(iter(settings.tenants.by_name.values()))
+    engine = ImagingEngine(build_watermark(first.watermark),
+                           max_source_pixels=settings.max_source_pixels,
                            resize_filter=settings.resize_filter,
                            webp_method=settings.webp_method)
-    # A missing font or logo stops the worker from booting instead of failing each image.
-    engine.check_watermark()
     store = DiskStore(settings.cache_dir or default_cache_dir(str(instance_path)),
                       settings.cache_max_bytes)
     redis_client = None
@@ -182,13 +204,14 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
                              redis_client=redis_client))
     return Services(
         settings=settings,
+        brands=brands,
         signer=Signer(settings.signing_keys),
         lookup=ProductLookup(client, LookupCache(store, ttl=settings.lookup_cache_ttl)),
         renderer=ImageRenderer(
             client, RenderCache(store, wait_timeout=settings.render_wait_timeout), engine,
             source=SourcePolicy(settings.source_width, settings.source_format,
                                 settings.source_quality),
-            watermark_fingerprint=watermark.fingerprint()),
+            watermark_fingerprint=brands[first.name].fingerprint),
         client=client,
         store=store,
     )

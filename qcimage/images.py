@@ -89,7 +89,8 @@ def image():
     services.signer.verify({name: request.args.get(name) for name in SIGNED_PARAMS}, args["sig"])
     g.tenant = _signed_tenant(args["t"])
     job = RenderJob(image_id=args["url"], width=args["width"], quality=args["quality"],
-                    format=negotiate(args["format"], services.settings.auto_formats))
+                    format=negotiate(args["format"], services.settings.auto_formats),
+                    brand=services.brands[g.tenant.name])
     etag = services.renderer.etag(job)
     headers = _caching_headers(args, etag)
     if request.if_none_match.contains_weak(etag.strip('"')) or request.if_none_match.star_tag:

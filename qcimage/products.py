@@ -77,7 +77,7 @@ def qc_images():
     services = current_services()
     product, platform = args["id"], args["storePlatform"]
     try:
-        ids, g.cache_status = services.lookup.image_ids(product, platform)
+        ids, g.cache_status = services.lookup.image_ids(product, platform, tenant.name)
     except UpstreamNotFound:
         others = ", ".join(p for p in PLATFORMS if p != platform)
         raise APIError(404, "not_found", f"product {product} was not found on {platform}; "

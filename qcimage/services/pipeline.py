@@ -17,6 +17,7 @@ from .upstream import DoppelClient, Source, UpstreamTimeout
 
 if TYPE_CHECKING:  # the engine loads ImageMagick; the pipeline only holds one
     from .imaging.engine import ImagingEngine
+    from .imaging.watermark import WatermarkPainter
 
 log = logging.getLogger(__name__)
 
@@ -33,26 +34,36 @@ class ProductLookup:
         self.client = client
         self.cache = cache
 
-    def image_ids(self, product_id: str, platform: str) -> tuple[list[str], str]:
+    def image_ids(self, product_id: str, platform: str,
+                  tenant: str = "") -> tuple[list[str], str]:
         """(image ids, "hit" | "miss" | "stale"). Raises the upstream errors when nothing
-        cached can stand in."""
+        cached can stand in. ``tenant`` labels the cache metrics only: look-ups are shared."""
         key = f"{platform}:{product_id}"
         cached = self.cache.get(key)
         if cached is not None and cached[1]:
-            metrics.CACHE_REQUESTS.labels("lookup", "hit").inc()
+            metrics.CACHE_REQUESTS.labels("lookup", "hit", tenant).inc()
             return cached[0], "hit"
-        metrics.CACHE_REQUESTS.labels("lookup", "miss").inc()
+        metrics.CACHE_REQUESTS.labels("lookup", "miss", tenant).inc()
         try:
             ids = self.client.product_images(product_id, platform)
         except Exception as error:
             status = getattr(error, "status", 500)
             if cached is not None and status >= 500:
                 log.warning("serving stale look-up for %s: upstream failed", key)
-                metrics.CACHE_REQUESTS.labels("lookup", "stale").inc()
+                metrics.CACHE_REQUESTS.labels("lookup", "stale", tenant).inc()
                 return cached[0], "stale"
             raise
         self.cache.set(key, ids)
         return ids, "miss"
+
+
+@dataclass(frozen=True, eq=False)
+class Brand:
+    """One tenant's watermark as rendered: who, what draws it, and its fingerprint for keys."""
+
+    tenant: str
+    painter: WatermarkPainter
+    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,12 @@ class RenderJob:
     width: int
     quality: int
     format: str
+    brand: Brand | None = None   # None: the engine's own watermark
+
+    @property
+    def tenant(self) -> str:
+        """For metrics' tenant label."""
+        return self.brand.tenant if self.brand else ""
 
 
 @dataclass(frozen=True)
@@ -95,14 +112,17 @@ class ImageRenderer:
         self.engine = engine
         self.source = source
         # Everything outside the request that changes the bytes: a new watermark, a new
-        # ImageMagick or a new pipeline never serves an old render.
-        self._key_prefix = "|".join((PIPELINE_VERSION, engine.settings_key(),
-                                     watermark_fingerprint))
+        # ImageMagick or a new pipeline never serves an old render. Each tenant's renders
+        # are keyed by its own watermark's fingerprint: changing one re-renders its only.
+        self._key_prefix = "|".join((PIPELINE_VERSION, engine.settings_key()))
+        self._fingerprint = watermark_fingerprint
 
     def cache_key(self, job: RenderJob) -> str:
         src_width, src_format, src_quality = self.source.params(job)
-        material = "|".join((self._key_prefix, job.image_id, str(job.width), str(job.quality),
-                             job.format, str(src_width), src_format, str(src_quality)))
+        fingerprint = job.brand.fingerprint if job.brand else self._fingerprint
+        material = "|".join((self._key_prefix, fingerprint, job.image_id, str(job.width),
+                             str(job.quality), job.format, str(src_width), src_format,
+                             str(src_quality)))
         return hashlib.sha256(material.encode()).hexdigest()
 
     def _size_key(self, image_id: str, width: int) -> str:
@@ -155,9 +175,11 @@ class ImageRenderer:
             timings["upstream_ms"] = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
             spec = RenderSpec(width=job.width, quality=job.quality, format=job.format)
-            rendered = self.engine.render(source.data, spec, probed)
+            rendered = self.engine.render(source.data, spec, probed,
+                                          job.brand.painter if job.brand else None)
             timings["render_ms"] = (time.perf_counter() - started) * 1000
-            metrics.RENDER_SECONDS.labels(job.format).observe(timings["render_ms"] / 1000)
+            metrics.RENDER_SECONDS.labels(job.format, job.tenant).observe(
+                timings["render_ms"] / 1000)
             self._remember_size(job, rendered.width, rendered.height)
             return Entry(data=rendered.data, mime=rendered.mime)
 
@@ -165,9 +187,9 @@ class ImageRenderer:
             entry, cached = self.cache.get_or_render(self.cache_key(job), produce)
         except RenderTimeout:
             raise UpstreamTimeout("timed out waiting for the image to be rendered") from None
-        metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss").inc()
+        metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss", job.tenant).inc()
         if cached:
-            metrics.CACHE_BYTES.inc(len(entry.data))
+            metrics.CACHE_BYTES.labels(job.tenant).inc(len(entry.data))
             if self.known_size(job.image_id, job.width) is None:
                 # Rendered before sizes were kept: read it off the header, once.
                 try:
