@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 from flask import Flask, current_app
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .config import (DEFAULT_WATERMARK_FONT, ConfigError, Settings, WatermarkSettings,
-                     load_settings, per_worker_limit_problems)
+from .config import (DEFAULT_WATERMARK_FONT, PREFIX, TENANTS_SNAPSHOT, ConfigError, Settings,
+                     WatermarkSettings, load_settings, per_worker_limit_problems)
+from .tenants import read_tenants_file
 
 if TYPE_CHECKING:
     from .services.cache import Store
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from .services.signing import Signer
     from .services.upstream import DoppelClient
 
-__all__ = ["create_app", "ConfigError", "current_services", "startup_report"]
+__all__ = ["create_app", "ConfigError", "current_services", "pin_tenants_file", "startup_report"]
 log = logging.getLogger(__name__)
 
 
@@ -112,6 +113,27 @@ def startup_report(workers: int = 1) -> str | None:
                  "again; README 'Configuration' lists them all. Trying it out locally? "
                  "QCIMAGE_ENV=development invents demo keys.")
     return "\n".join(lines)
+
+
+def pin_tenants_file() -> list[str]:
+    """For the gunicorn master, at start and on HUP: validate the tenants file and pin its
+    text for the workers forked from now on. Returns the file's problems ([] when pinned);
+    with problems the previous pin stays, so new workers keep serving the last good file.
+    """
+    environ = _environment(None)
+    path = environ.get(PREFIX + "TENANTS_FILE", "").strip()
+    if not path:
+        return []
+    problems: list[str] = []
+    text = read_tenants_file(Path(path), problems)
+    if text is None:
+        return problems
+    try:
+        load_settings({**environ, TENANTS_SNAPSHOT: text}, only_tenants=True)
+    except ConfigError as error:
+        return error.problems
+    os.environ[TENANTS_SNAPSHOT] = text
+    return []
 
 
 def _unreadable_watermark_files(settings: Settings) -> list[str]:
@@ -218,7 +240,7 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
 
 
 def register_extensions(app: Flask, settings: Settings) -> None:
-    from .extensions import cors, limiter, talisman
+    from .extensions import cors, limiter, talisman, tenant_cors_only
 
     talisman.init_app(
         app,
@@ -231,7 +253,9 @@ def register_extensions(app: Flask, settings: Settings) -> None:
         referrer_policy="no-referrer",
         session_cookie_secure=settings.is_production,
     )
-    cors.init_app(app, resources={r"/api/*": {"origins": list(settings.cors_origins)}},
+    # Registered before Flask-CORS, so it runs after it (after_request runs in reverse).
+    app.after_request(tenant_cors_only)
+    cors.init_app(app, resources={r"/api/*": {"origins": list(settings.tenants.cors_origins)}},
                   methods=["GET", "HEAD", "OPTIONS"],
                   allow_headers=["X-API-Key", "Authorization", "If-None-Match", "X-Request-ID"],
                   expose_headers=["X-Request-ID", "ETag", "Retry-After", "X-Cache"],
