@@ -50,7 +50,7 @@ class WatermarkSettings:
 
     text: str | None
     logo: Path | None
-    font: Path
+    font: Path | None                     # text layers only
     gravity: str
     opacity: float
     margin: float
@@ -233,7 +233,8 @@ def watermark_layers(*, text: str | None, font: Path, logos: list[Path], positio
         layers.append(WatermarkSettings(text=text, logo=None, **common))
     for logo in logos:
         layers.append(WatermarkSettings(
-            text=None, logo=logo, **{**common, "gravity": logo_position or position,
+            text=None, logo=logo, **{**common, "font": None,
+                                     "gravity": logo_position or position,
                                      "scale": logo_scale or scale}))
     return tuple(layers)
 

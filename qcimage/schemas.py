@@ -88,11 +88,11 @@ class ImageQuerySchema(QuerySchema):
     """The public image URL. Values stay exactly as sent so the signature covers them."""
 
     @pre_load
-    def refuse_two_tenants(self, data, **kwargs):
+    def refuse_repeats(self, data, **kwargs):
         # Two t's name two watermarks: whichever one a reader picked, the link was tampered.
         if isinstance(data, MultiDict) and len(data.getlist("t")) > 1:
             raise SignatureInvalid("the image URL names its site (t) more than once")
-        return data
+        return super().refuse_repeats(data, **kwargs)
 
     url = fields.String(required=True, validate=validate.Regexp(_IMAGE_ID),
                         metadata={"rule": "is an image id: it may only contain letters, "
