@@ -80,19 +80,19 @@ class Pipeline:
 
     def cold(self, image_id: str, width: int, quality: int, fmt: str) -> dict:
         """One uncached request's work: fetch(es) as the policy says, then render."""
+        from qcimage.services.imaging import RenderSpec
         from qcimage.services.pipeline import RenderJob
 
         self.client.bodies = []
         started = time.perf_counter()
-        result = self.renderer.render(RenderJob(image_id=image_id, width=width,
-                                                quality=quality, format=fmt))
+        result = self.renderer.render(RenderJob(image_id, RenderSpec(width, quality, fmt)))
         return {"ms": (time.perf_counter() - started) * 1000,
                 "upstream_ms": result.upstream_ms, "render_ms": result.render_ms,
                 "output": result.entry.data, "bodies": self.client.bodies}
 
     def render(self, source: bytes, width: int, quality: int, fmt: str) -> bytes:
         """The engine alone, on a source already in memory."""
-        from qcimage.services.imaging.engine import RenderSpec
+        from qcimage.services.imaging import RenderSpec
 
         return self.engine.render(source, RenderSpec(width=width, quality=quality,
                                                      format=fmt)).data

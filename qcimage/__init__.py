@@ -13,14 +13,13 @@ from flask import Flask, current_app
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import (DEFAULT_WATERMARK_FONT, PREFIX, TENANTS_SNAPSHOT, ConfigError, Settings,
-                     WatermarkSettings, load_settings, per_worker_limit_problems)
+                     load_settings, per_worker_limit_problems)
+from .services.redisconn import limiter_storage_options
 from .tenants import read_tenants_file
 
 if TYPE_CHECKING:
     from .services.cache import Store
-    from .services.pipeline import Brand
-    from .services.imaging.watermark import Watermark
-    from .services.pipeline import ImageRenderer, ProductLookup
+    from .services.pipeline import Brand, ImageRenderer, ProductLookup
     from .services.signing import Signer
     from .services.upstream import DoppelClient
 
@@ -55,6 +54,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=64 * 1024,
         RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
+        RATELIMIT_STORAGE_OPTIONS=limiter_storage_options(settings.ratelimit_storage_uri),
         RATELIMIT_HEADERS_ENABLED=True,
         # Flask-Limiter would put its window's end in Retry-After on every response,
         # overriding the circuit breaker's; ours is set on 429s by the error handler.
@@ -165,29 +165,19 @@ def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
     return environ
 
 
-def build_watermark(layers: tuple[WatermarkSettings, ...]) -> Watermark:
-    """The imaging engine's watermark for layers as configured (environment or tenant)."""
-    from .services.imaging.watermark import Watermark, WatermarkLayer
-
-    return Watermark(layers=tuple(
-        WatermarkLayer(text=layer.text, logo=layer.logo, font=layer.font, gravity=layer.gravity,
-                       opacity=layer.opacity, margin=layer.margin, scale=layer.scale,
-                       tile=layer.tile)
-        for layer in layers))
-
-
 def build_brands(settings: Settings) -> dict[str, Brand]:
     """Each tenant's watermark, drawn once on a canvas: a missing font or logo stops the
     worker from booting instead of failing each image. Tenants with the same watermark
     share one painter, and so its overlays."""
-    from .services.imaging.watermark import WatermarkPainter
+    from .services.imaging.overlays import WatermarkPainter
+    from .services.imaging.watermark import Watermark, WatermarkLayer
     from .services.pipeline import Brand
 
-    painters: dict[tuple[WatermarkSettings, ...], tuple[WatermarkPainter, str]] = {}
+    painters: dict[tuple[WatermarkLayer, ...], tuple[WatermarkPainter, str]] = {}
     brands = {}
     for name, tenant in settings.tenants.by_name.items():
         if tenant.watermark not in painters:
-            watermark = build_watermark(tenant.watermark)
+            watermark = Watermark(layers=tenant.watermark)
             painter = WatermarkPainter(watermark)
             painter.check()
             painters[tenant.watermark] = (painter, watermark.fingerprint())
@@ -198,6 +188,7 @@ def build_brands(settings: Settings) -> dict[str, Brand]:
 def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.cache import DiskStore, LookupCache, RedisStore, RenderCache, TieredStore
     from .services.imaging.engine import ImagingEngine
+    from .services.imaging.watermark import Watermark
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
     from .services.upstream import DoppelClient, make_breaker
@@ -205,16 +196,15 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     brands = build_brands(settings)
     # The engine's own watermark (for jobs naming no tenant): `default`'s, else the first's.
     first = settings.tenants.get(None) or next(iter(settings.tenants.by_name.values()))
-    engine = ImagingEngine(build_watermark(first.watermark),
+    engine = ImagingEngine(Watermark(layers=first.watermark),
                            max_source_pixels=settings.max_source_pixels,
                            resize_filter=settings.resize_filter,
                            webp_method=settings.webp_method)
     store = DiskStore(settings.cache_dir or default_cache_dir(str(instance_path)),
                       settings.cache_max_bytes)
-    redis_client = None
+    shared = None
     if settings.redis_url:
         shared = RedisStore(settings.redis_url)
-        redis_client = shared.client
         store = TieredStore(store, shared)
     client = DoppelClient(
         settings.upstream_url, connect_timeout=settings.upstream_connect_timeout,
@@ -223,7 +213,8 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
         retries=settings.upstream_retries,
         breaker=make_breaker(fail_max=settings.breaker_fail_max,
                              reset_timeout=settings.breaker_reset_timeout,
-                             redis_client=redis_client))
+                             redis_client=shared and shared.client,
+                             redis_cluster=bool(shared and shared.is_cluster)))
     return Services(
         settings=settings,
         brands=brands,

@@ -15,18 +15,15 @@ from urllib.parse import urlsplit
 
 from limits import parse_many
 
+from .services.imaging.watermark import WatermarkLayer
+from .vocabulary import GRAVITIES, MAX_WIDTH, MIN_WIDTH, OUTPUT_FORMATS
+
 if TYPE_CHECKING:
     from .tenants import Tenants
 
 PREFIX = "QCIMAGE_"
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
-GRAVITIES = ("north_west", "north", "north_east", "west", "center", "east",
-             "south_west", "south", "south_east")
-# (low, high) of each numeric watermark setting, for the environment and tenants files.
-WATERMARK_RANGES = {"opacity": (0.05, 1.0), "margin": (0.0, 0.25), "scale": (0.02, 1.0),
-                    "logo_scale": (0.02, 1.0)}
-OUTPUT_FORMATS = ("webp", "jpeg", "png", "avif")
 # From Debian's fonts-dejavu-core (installed by `make`): a file, because ImageMagick
 # silently swaps an unknown font *name* for another font.
 DEFAULT_WATERMARK_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
@@ -42,20 +39,6 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str] | str):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("invalid configuration:\n  - " + "\n  - ".join(self.problems))
-
-
-@dataclass(frozen=True)
-class WatermarkSettings:
-    """One watermark layer as the operator configured it (text or logo)."""
-
-    text: str | None
-    logo: Path | None
-    font: Path | None                     # text layers only
-    gravity: str
-    opacity: float
-    margin: float
-    scale: float
-    tile: bool
 
 
 @dataclass(frozen=True)
@@ -97,7 +80,7 @@ class Settings:
     resize_filter: str
     webp_method: int
     auto_formats: tuple[str, ...]
-    watermark: tuple[WatermarkSettings, ...]
+    watermark: tuple[WatermarkLayer, ...]
     log_format: str
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     demo_secrets: dict[str, str] = field(default_factory=dict)
@@ -218,53 +201,46 @@ def _parse_api_keys(reader: _Reader) -> dict[str, str]:
     return keys
 
 
-def watermark_layers(*, text: str | None, font: Path, logos: list[Path], position: str,
-                     logo_position: str | None, opacity: float, margin: float, scale: float,
-                     logo_scale: float | None, tile: bool) -> tuple[WatermarkSettings, ...]:
-    """The layers one watermark configuration draws: its text first, then each logo.
-
-    Shared by the environment (``QCIMAGE_WATERMARK_*``) and the tenants file, so both
-    mean the same by the same setting; logos default to the text's position and scale.
-    """
-    common = dict(font=font, gravity=position, opacity=opacity, margin=margin, scale=scale,
-                  tile=tile)
-    layers = []
-    if text is not None:
-        layers.append(WatermarkSettings(text=text, logo=None, **common))
-    for logo in logos:
-        layers.append(WatermarkSettings(
-            text=None, logo=logo, **{**common, "font": None,
-                                     "gravity": logo_position or position,
-                                     "scale": logo_scale or scale}))
-    return tuple(layers)
-
-
-def _parse_watermark(reader: _Reader) -> tuple[WatermarkSettings, ...]:
+def _parse_watermark(reader: _Reader) -> tuple[WatermarkLayer, ...]:
+    problems_before = len(reader.errors)
+    font = reader.path("WATERMARK_FONT", DEFAULT_WATERMARK_FONT)
     text = reader.str("WATERMARK_TEXT", DEFAULT_WATERMARK_TEXT)
     if text is not None and text.lower() == "none":
         text = None
-    position = reader.choice("WATERMARK_POSITION", "south_east", GRAVITIES)
-    layers = watermark_layers(
-        text=text,
-        font=reader.path("WATERMARK_FONT", DEFAULT_WATERMARK_FONT),
-        logos=[Path(p).expanduser() for p in reader.csv("WATERMARK_LOGOS")],
-        position=position,
-        logo_position=reader.choice("WATERMARK_LOGO_POSITION", position, GRAVITIES),
-        tile=reader.bool("WATERMARK_TILE", False),
-        **{name: reader.float("WATERMARK_" + name.upper(), default, *WATERMARK_RANGES[name])
-           for name, default in (("opacity", 0.7), ("margin", 0.02), ("scale", 0.22))},
-        logo_scale=reader.float("WATERMARK_LOGO_SCALE", None, *WATERMARK_RANGES["logo_scale"]),
+    logos = [Path(p).expanduser() for p in reader.csv("WATERMARK_LOGOS")]
+    bounds = WatermarkLayer.BOUNDS
+    common = dict(
+        gravity=reader.choice("WATERMARK_POSITION", WatermarkLayer.gravity, GRAVITIES),
+        opacity=reader.float("WATERMARK_OPACITY", WatermarkLayer.opacity, *bounds["opacity"]),
+        margin=reader.float("WATERMARK_MARGIN", WatermarkLayer.margin, *bounds["margin"]),
+        scale=reader.float("WATERMARK_SCALE", WatermarkLayer.scale, *bounds["scale"]),
+        tile=reader.bool("WATERMARK_TILE", WatermarkLayer.tile),
     )
-    if not layers:
+    logo_common = {
+        **common,
+        "gravity": reader.choice("WATERMARK_LOGO_POSITION", common["gravity"], GRAVITIES),
+        "scale": reader.float("WATERMARK_LOGO_SCALE", common["scale"], *bounds["scale"]),
+    }
+    if text is None and not logos:
         reader.errors.append(
             f"a watermark is required: set {PREFIX}WATERMARK_TEXT and/or {PREFIX}WATERMARK_LOGOS")
-    return layers
+    if len(reader.errors) > problems_before:
+        return ()  # said already; the layers would refuse the same values again
+    return watermark_layers(text, font, logos, common, logo_common)
+
+
+def watermark_layers(text: str | None, font: Path, logos: list[Path], common: dict,
+                     logo_common: dict) -> tuple[WatermarkLayer, ...]:
+    """The text layer (if any), then one layer per logo: the environment's and a tenant's."""
+    layers = [WatermarkLayer(text=text, font=font, **common)] if text is not None else []
+    return tuple(layers + [WatermarkLayer(logo=logo, **logo_common) for logo in logos])
 
 
 def _parse_widths(reader: _Reader) -> tuple[int, ...]:
     values = reader.csv("SRCSET_WIDTHS") or ("480", "960", "1440")
-    if not all(v.isdigit() and 100 <= int(v) <= 2000 for v in values):
-        reader.errors.append(f"{PREFIX}SRCSET_WIDTHS entries must be integers 100-2000")
+    if not all(v.isdigit() and MIN_WIDTH <= int(v) <= MAX_WIDTH for v in values):
+        reader.errors.append(
+            f"{PREFIX}SRCSET_WIDTHS entries must be integers {MIN_WIDTH}-{MAX_WIDTH}")
         return (480, 960, 1440)
     return tuple(sorted({int(v) for v in values}))
 
@@ -289,6 +265,20 @@ def _check_url(reader: _Reader, name: str, value: str | None) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
         reader.errors.append(f"{PREFIX}{name} must be an http(s) base URL, got {value!r}")
     return value.rstrip("/")
+
+
+def _check_redis_urls(reader: _Reader, settings: Settings) -> None:
+    from .services.redisconn import RedisURLError, parse_redis_url
+
+    for name, url in (("REDIS_URL", settings.redis_url),
+                      ("RATELIMIT_STORAGE_URI", settings.ratelimit_storage_uri)):
+        if url is None or (name == "RATELIMIT_STORAGE_URI" and not url.startswith("redis")):
+            continue
+        try:
+            parse_redis_url(url)
+        except RedisURLError as error:
+            # The URL may carry a password: name the variable, never echo the value.
+            reader.errors.append(f"{PREFIX}{name} {error}")
 
 
 _WHAT_TO_SET = {
@@ -482,6 +472,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     if settings.auto_formats[-1] not in ("jpeg", "png"):
         reader.errors.append(f"{PREFIX}AUTO_FORMATS must end with a format every browser reads "
                              "(jpeg or png): the last one is the fallback")
+    _check_redis_urls(reader, settings)
     for name, value in (("LOOKUP_RATE_LIMIT", settings.lookup_limit),
                         ("IMAGE_RATE_LIMIT", settings.image_limit)):
         try:

@@ -10,13 +10,14 @@ from . import current_services
 from .errors import APIError
 from .extensions import client_ip, limiter
 from .schemas import ImageQuerySchema, load_query
+from .services.imaging import RenderSpec
 from .services.pipeline import RenderJob
 from .services.signing import SIGNED_PARAMS
 from .tenants import Tenant
+from .vocabulary import OUTPUT_FORMATS
 
 bp = Blueprint("images", __name__)
 _query = ImageQuerySchema()
-_MIME = {"avif": "image/avif", "webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png"}
 _MAX_AGE = 86400
 
 
@@ -49,7 +50,7 @@ def negotiate(requested: str, preferences: tuple[str, ...]) -> str:
         return requested
     accepted = {value.lower() for value, quality in request.accept_mimetypes if quality > 0}
     for fmt in preferences[:-1]:
-        if _MIME[fmt] in accepted:
+        if OUTPUT_FORMATS[fmt] in accepted:
             return fmt
     return preferences[-1]
 
@@ -88,9 +89,9 @@ def image():
     services = current_services()
     services.signer.verify({name: request.args.get(name) for name in SIGNED_PARAMS}, args["sig"])
     g.tenant = _signed_tenant(args["t"])
-    job = RenderJob(image_id=args["url"], width=args["width"], quality=args["quality"],
-                    format=negotiate(args["format"], services.settings.auto_formats),
-                    brand=services.brands[g.tenant.name])
+    job = RenderJob(args["url"], RenderSpec(
+        args["width"], args["quality"], negotiate(args["format"], services.settings.auto_formats)),
+        brand=services.brands[g.tenant.name])
     etag = services.renderer.etag(job)
     headers = _caching_headers(args, etag)
     if request.if_none_match.contains_weak(etag.strip('"')) or request.if_none_match.star_tag:

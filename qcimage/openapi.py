@@ -13,6 +13,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from .extensions import limiter, talisman
 from .schemas import ErrorSchema, ImageQuerySchema, ProductQuerySchema, ProductResponseSchema
+from .vocabulary import OUTPUT_FORMATS
 
 bp = Blueprint("openapi", __name__)
 limiter.exempt(bp)
@@ -203,8 +204,7 @@ def _image() -> dict:
         "responses": {
             "200": {"description": "The watermarked image; `Content-Type` matches its bytes.",
                     "headers": _rate_limited(image_headers),
-                    "content": {mime: binary for mime in
-                                ("image/webp", "image/jpeg", "image/png", "image/avif")}},
+                    "content": {mime: binary for mime in OUTPUT_FORMATS.values()}},
             "304": {"description": "`If-None-Match` matched: use the copy you have.",
                     "headers": {name: image_headers[name] for name in
                                 ("ETag", "Cache-Control", "Vary")}},

@@ -12,11 +12,13 @@ from werkzeug.datastructures import MultiDict
 from .errors import APIError
 from .services.signing import SignatureInvalid
 from .tenants import TENANT_NAME
+from .vocabulary import (DEFAULT_WIDTH, FORMAT_ALIASES, IMAGE_ID_PATTERN, MAX_WIDTH, MIN_WIDTH,
+                         PRODUCT_ID_PATTERN, REQUEST_FORMATS)
 
 PLATFORMS = ("WEIDIAN", "TAOBAO", "1688", "TMALL")
-FORMATS = ("webp", "jpeg", "png", "avif", "auto")
-_ID = r"^[A-Za-z0-9_-]{1,50}\Z"
-_IMAGE_ID = r"^[A-Za-z0-9_-]{1,64}\Z"
+# A look-up also takes the aliases, each listed after the format it stands for.
+_LOOKUP_FORMATS = tuple(name for fmt in REQUEST_FORMATS for name in
+                        (fmt, *(alias for alias, to in FORMAT_ALIASES.items() if to == fmt)))
 # Canonical decimal only: "0960", "+960", " 960" and "9.6e2" are refused instead of
 # being read as 960, so one output has one URL (and one signature).
 _CANONICAL_INT = re.compile(r"^(0|[1-9][0-9]{0,9})\Z")
@@ -53,26 +55,26 @@ class QuerySchema(Schema):
 
 
 class ProductQuerySchema(QuerySchema):
-    id = fields.String(required=True, validate=validate.Regexp(_ID),
+    id = fields.String(required=True, validate=validate.Regexp(PRODUCT_ID_PATTERN),
                        metadata={"rule": "may only contain letters, digits, '_' and '-' "
                                          "(1-50 characters)", "example": "7494645791"})
     storePlatform = fields.String(
         load_default="WEIDIAN",
         metadata={"rule": "must be one of " + ", ".join(PLATFORMS), "enum": list(PLATFORMS)})
-    width = CanonicalInteger(100, 2000, load_default=960)
+    width = CanonicalInteger(MIN_WIDTH, MAX_WIDTH, load_default=DEFAULT_WIDTH)
     quality = CanonicalInteger(1, 100, load_default=80)
     format = fields.String(
         load_default="webp",
-        metadata={"rule": "must be one of webp, jpeg, jpg, png, avif, auto",
-                  "enum": ["webp", "jpeg", "jpg", "png", "avif", "auto"]})
+        metadata={"rule": "must be one of " + ", ".join(_LOOKUP_FORMATS),
+                  "enum": list(_LOOKUP_FORMATS)})
 
     @validates_schema
     def check_choices(self, data, **kwargs):
         errors = {}
         if data["storePlatform"].upper() not in PLATFORMS:
             errors["storePlatform"] = [f"Must be one of: {', '.join(PLATFORMS)}."]
-        if data["format"].lower() not in FORMATS + ("jpg",):
-            errors["format"] = ["Must be one of: webp, jpeg, jpg, png, avif, auto."]
+        if data["format"].lower() not in _LOOKUP_FORMATS:
+            errors["format"] = [f"Must be one of: {', '.join(_LOOKUP_FORMATS)}."]
         if errors:
             raise ValidationError(errors)
 
@@ -80,7 +82,7 @@ class ProductQuerySchema(QuerySchema):
     def normalise(self, data, **kwargs):
         data["storePlatform"] = data["storePlatform"].upper()
         fmt = data["format"].lower()
-        data["format"] = "jpeg" if fmt == "jpg" else fmt
+        data["format"] = FORMAT_ALIASES.get(fmt, fmt)
         return data
 
 
@@ -94,15 +96,16 @@ class ImageQuerySchema(QuerySchema):
             raise SignatureInvalid("the image URL names its site (t) more than once")
         return super().refuse_repeats(data, **kwargs)
 
-    url = fields.String(required=True, validate=validate.Regexp(_IMAGE_ID),
+    url = fields.String(required=True, validate=validate.Regexp(IMAGE_ID_PATTERN),
                         metadata={"rule": "is an image id: it may only contain letters, "
                                           "digits, '_' and '-' (1-64 characters)",
                                   "example": "n4EYdIoE"})
-    width = CanonicalInteger(100, 2000, load_default=960)
+    width = CanonicalInteger(MIN_WIDTH, MAX_WIDTH, load_default=DEFAULT_WIDTH)
     quality = CanonicalInteger(1, 100, load_default=80)
     format = fields.String(
-        load_default="webp", validate=validate.OneOf(FORMATS),
-        metadata={"rule": "must be one of " + ", ".join(FORMATS), "enum": list(FORMATS)})
+        load_default="webp", validate=validate.OneOf(REQUEST_FORMATS),
+        metadata={"rule": "must be one of " + ", ".join(REQUEST_FORMATS),
+                  "enum": list(REQUEST_FORMATS)})
     expires = CanonicalInteger(0, 9_999_999_999, load_default=None)
     t = fields.String(load_default=None, validate=validate.Regexp(TENANT_NAME.pattern),
                       metadata={"rule": "must be the tenant the look-up wrote into the URL",

@@ -18,22 +18,22 @@ from urllib.parse import urlsplit
 
 from limits import parse_many
 
-from .config import (DEFAULT_WATERMARK_FONT, GRAVITIES, OUTPUT_FORMATS, WATERMARK_RANGES,
-                     WatermarkSettings, hash_api_key, watermark_layers)
+from .config import DEFAULT_WATERMARK_FONT, hash_api_key, watermark_layers
+from .services.imaging.watermark import WatermarkLayer
+from .vocabulary import DEFAULT_WIDTH, GRAVITIES, MAX_WIDTH, MIN_WIDTH, REQUEST_FORMATS
 
 DEFAULT_TENANT = "default"
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 _HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\Z")
-_LINK_FORMATS = (*OUTPUT_FORMATS, "auto")
 
 
 @dataclass(frozen=True)
 class LinkDefaults:
     """What a look-up uses for the parameters its caller left out."""
 
-    width: int = 960
+    width: int = DEFAULT_WIDTH
     quality: int = 80
     format: str = "webp"
     srcset_widths: tuple[int, ...] = (480, 960, 1440)
@@ -46,7 +46,7 @@ class Tenant:
 
     name: str
     api_keys: Mapping[str, str]              # sha256 hex -> key name (rate limits count by it)
-    watermark: tuple[WatermarkSettings, ...]
+    watermark: tuple[WatermarkLayer, ...]
     cors_origins: tuple[str, ...] = ()
     referrers: tuple[str, ...] = ()          # hosts whose pages may embed; () = any
     lookup_limit: str = "100 per 15 minutes"
@@ -297,32 +297,36 @@ def _api_keys(name: str, table: dict, fields: _Fields) -> dict[str, str]:
     return keys
 
 
-def _watermark(table: Any, fields: _Fields) -> tuple[WatermarkSettings, ...]:
+def _watermark(table: Any, fields: _Fields) -> tuple[WatermarkLayer, ...]:
     if not isinstance(table, dict):
         fields.bad("watermark", "must be a table ([tenants.NAME.watermark])")
         return ()
     p = "watermark."
     fields.unknown(table, _WATERMARK_FIELDS, p)
     files = "readable PNG, JPEG, GIF or WebP files"
-    position = fields.get(table, "position", _choice(GRAVITIES), "south_east", p)
     font = fields.get(table, "font", lambda v: None if isinstance(v, str) and v.strip()
                       else "must be the path of a font file", str(DEFAULT_WATERMARK_FONT), p)
+    bounds, layer = WatermarkLayer.BOUNDS, WatermarkLayer
+    common = dict(
+        gravity=fields.get(table, "position", _choice(GRAVITIES), layer.gravity, p),
+        tile=fields.get(table, "tile", lambda v: None if isinstance(v, bool)
+                        else "must be true or false", layer.tile, p),
+        **{name: fields.get(table, name, _number(*bounds[name]), getattr(layer, name), p)
+           for name in ("opacity", "margin", "scale")},
+    )
+    logo_common = {
+        **common,
+        "gravity": fields.get(table, "logo_position", _choice(GRAVITIES), common["gravity"], p),
+        "scale": fields.get(table, "logo_scale", _number(*bounds["scale"]), common["scale"], p),
+    }
     layers = watermark_layers(
         # Omitted text: no text layer (a logo-only watermark).
-        text=fields.get(table, "text", lambda v: None if isinstance(v, str) and v.strip()
-                        else "must be non-blank text", None, p),
-        font=Path(font).expanduser(),
-        logos=[Path(v).expanduser() for v in fields.get(table, "logos",
-                                                        _string_list(_readable_image, files),
-                                                        [], p)],
-        position=position,
-        logo_position=fields.get(table, "logo_position", _choice(GRAVITIES), None, p),
-        tile=fields.get(table, "tile", lambda v: None if isinstance(v, bool)
-                        else "must be true or false", False, p),
-        **{name: fields.get(table, name, _number(*WATERMARK_RANGES[name]), default, p)
-           for name, default in (("opacity", 0.7), ("margin", 0.02), ("scale", 0.22),
-                                 ("logo_scale", None))},
-    )
+        fields.get(table, "text", lambda v: None if isinstance(v, str) and v.strip()
+                   else "must be non-blank text", None, p),
+        Path(font).expanduser(),
+        [Path(v).expanduser() for v in fields.get(table, "logos",
+                                                  _string_list(_readable_image, files), [], p)],
+        common, logo_common)
     if not layers and table.get("text") is None and not table.get("logos"):
         fields.bad("watermark", "draws nothing: set text and/or logos")
     return layers
@@ -336,13 +340,14 @@ def _defaults(table: Any, template: LinkDefaults, fields: _Fields) -> LinkDefaul
         return template
     p = "defaults."
     fields.unknown(table, _DEFAULTS_FIELDS, p)
+    width = _number(MIN_WIDTH, MAX_WIDTH, int)
     widths = fields.get(table, "srcset_widths", lambda v: None if isinstance(v, list) and v and all(
-        _number(100, 2000, int)(w) is None for w in v) else "must be a list of integers from "
-        "100 to 2000", list(template.srcset_widths), p)
+        width(w) is None for w in v) else f"must be a list of integers from {MIN_WIDTH} to "
+        f"{MAX_WIDTH}", list(template.srcset_widths), p)
     return LinkDefaults(
-        width=fields.get(table, "width", _number(100, 2000, int), template.width, p),
+        width=fields.get(table, "width", width, template.width, p),
         quality=fields.get(table, "quality", _number(1, 100, int), template.quality, p),
-        format=fields.get(table, "format", _choice(_LINK_FORMATS), template.format, p),
+        format=fields.get(table, "format", _choice(REQUEST_FORMATS), template.format, p),
         srcset_widths=tuple(sorted(set(widths))),
         link_ttl=fields.get(table, "link_ttl", _number(0, 10 * 365 * 86400, int),
                             template.link_ttl, p),

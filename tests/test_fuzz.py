@@ -17,7 +17,8 @@ from PIL import Image
 
 from qcimage import create_app
 from qcimage.schemas import ImageQuerySchema
-from qcimage.services.imaging.engine import ImagingEngine, RenderSpec
+from qcimage.services.imaging import RenderSpec
+from qcimage.services.imaging.engine import ImagingEngine
 from qcimage.services.imaging.watermark import Watermark
 from qcimage.services.signing import SIGNED_PARAMS, Signer
 from qcimage.vocabulary import OUTPUT_FORMATS

@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 from qcimage import create_app
+from qcimage.services.imaging import RenderSpec
+from qcimage.services.pipeline import RenderJob
 from qcimage.services.signing import Signer
 from tests.conftest import SIGNING_KEY, add_image, photo_bytes
 
@@ -97,8 +99,7 @@ def test_matching_if_none_match_is_304_without_upstream_call(client, upstream, j
 def test_304_needs_no_render_even_when_uncached(client, upstream, app):
     url = signed(base())
     etag = app.extensions["qcimage"].renderer.etag(
-        __import__("qcimage.services.pipeline", fromlist=["RenderJob"]).RenderJob(
-            "n4EYdIoE", 480, 80, "webp"))
+        RenderJob("n4EYdIoE", RenderSpec(480, 80, "webp")))
     response = client.get(url, headers={"If-None-Match": etag})
     assert response.status_code == 304
     assert len(upstream.calls) == 0
@@ -231,3 +232,17 @@ def test_an_image_id_with_a_space_says_what_an_id_may_contain(client):
     assert response.status_code == 400
     assert response.get_json()["message"] == (
         "url is an image id: it may only contain letters, digits, '_' and '-' (1-64 characters)")
+
+
+def test_a_logo_watermark_set_in_the_environment_is_drawn(env, tmp_path, upstream, jpeg_source):
+    logo = tmp_path / "logo.png"
+    Image.new("RGBA", (200, 80), (255, 0, 0, 255)).save(logo)
+    env.update({"QCIMAGE_WATERMARK_TEXT": "none", "QCIMAGE_WATERMARK_LOGOS": str(logo),
+                "QCIMAGE_WATERMARK_LOGO_POSITION": "north_west",
+                "QCIMAGE_WATERMARK_OPACITY": "1"})
+    add_image(upstream, jpeg_source)
+    response = create_app(env).test_client().get(signed(base(format="png")))
+    assert response.status_code == 200
+    with Image.open(io.BytesIO(response.get_data())) as img:
+        red, green, blue = img.convert("RGB").getpixel((30, 20))
+    assert red > 200 and green < 60 and blue < 60

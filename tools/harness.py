@@ -370,6 +370,7 @@ def start_nginx(tmp, upstream_port, site_conf=NGINX_SITE_CONF, *, http_port=None
 class Redis(ManagedProcess):
     """redis-server without persistence; ``stop()`` then ``start()`` reuses the port."""
 
+    host = "127.0.0.1"
     port = url = None
 
     def start(self):
@@ -383,14 +384,15 @@ class Redis(ManagedProcess):
             if self.poll() is not None:
                 break
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                with socket.create_connection((self.host, self.port), timeout=1) as sock:
                     sock.sendall(b"PING\r\n")
                     if sock.recv(64).startswith(b"+PONG"):
                         return
             except OSError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"redis on port {self.port} did not answer PING\n{self.log_text()}")
+        raise RuntimeError(f"{self.name} on {self.host}:{self.port} did not answer PING\n"
+                           f"{self.log_text()}")
 
 
 def start_redis(tmp, port=None):

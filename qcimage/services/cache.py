@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class Store(Protocol):
     def get(self, key: str) -> bytes | None: ...
     def set(self, key: str, value: bytes, expire: float | None = None) -> None: ...
     def add(self, key: str, value: bytes, expire: float) -> bool: ...
+    def renew(self, key: str, value: bytes, expire: float) -> bool: ...
     def delete(self, key: str) -> None: ...
 
 
@@ -55,6 +57,12 @@ class DiskStore:
     def add(self, key: str, value: bytes, expire: float) -> bool:
         return self.cache.add(key, value, expire=expire)
 
+    def renew(self, key: str, value: bytes, expire: float) -> bool:
+        with self.cache.transact():
+            if self.cache.get(key) == value:
+                return self.cache.touch(key, expire=expire)
+            return self.cache.add(key, value, expire=expire)
+
     def delete(self, key: str) -> None:
         self.cache.delete(key)
 
@@ -69,26 +77,40 @@ class RedisStore:
     The failure is logged once per outage and redis-py reconnects on the next call.
     """
 
-    def __init__(self, url: str, *, prefix: str = "qcimage:", timeout: float = 0.5):
-        import redis
+    # Extend our own lock, or take it again when a fail-over lost it; one round trip.
+    _RENEW = """
+    local held = redis.call('get', KEYS[1])
+    if held == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+    if not held then return redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 end
+    return 0
+    """
 
-        self.errors = (redis.RedisError, OSError)
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout,
-                                           socket_connect_timeout=timeout,
-                                           health_check_interval=30)
+    QUIET = 5.0  # seconds without an error before an outage is logged as over
+
+    def __init__(self, url: str, *, prefix: str = "qcimage:"):
+        from . import redisconn
+
+        self.errors = redisconn.ERRORS
+        # One server, Sentinel's current master or a cluster: the URL says which.
+        self.client = redisconn.connect(url)
+        self.is_cluster = redisconn.is_cluster(self.client)
         self.prefix = prefix
         self.down = False
+        self.last_error = 0.0
 
     def _call(self, default, fn, *args, **kwargs):
         try:
             result = fn(*args, **kwargs)
         except self.errors as exc:
+            self.last_error = time.monotonic()
             if not self.down:
                 log.error("redis unavailable (%s); bypassing it until it returns",
                           type(exc).__name__)
                 self.down = True
             return default
-        if self.down:
+        # "Back" once calls have succeeded for a while: a cluster with one dead node
+        # fails some calls and not others, and must not log every call.
+        if self.down and time.monotonic() - self.last_error > self.QUIET:
             log.warning("redis is back")
             self.down = False
         return result
@@ -107,6 +129,10 @@ class RedisStore:
         # Redis down: nobody can coordinate, so everybody renders for themselves.
         return bool(self._call(True, self.client.set, self.prefix + key, value,
                                nx=True, px=int(expire * 1000)))
+
+    def renew(self, key: str, value: bytes, expire: float) -> bool:
+        return bool(self._call(True, self.client.eval, self._RENEW, 1, self.prefix + key,
+                               value, int(expire * 1000)))
 
     def delete(self, key: str) -> None:
         self._call(None, self.client.delete, self.prefix + key)
@@ -136,6 +162,9 @@ class TieredStore:
 
     def add(self, key: str, value: bytes, expire: float) -> bool:
         return self.shared.add(key, value, expire)
+
+    def renew(self, key: str, value: bytes, expire: float) -> bool:
+        return self.shared.renew(key, value, expire)
 
     def delete(self, key: str) -> None:
         self.local.delete(key)
@@ -169,10 +198,39 @@ class RenderTimeout(Exception):
     """Waited for another worker's render longer than allowed."""
 
 
+class _HeldLock:
+    """A lock kept alive while its holder works: renewed every third of its lifetime.
+
+    The lifetime is short, so the lock of a holder that died (a box killed mid-render)
+    frees within seconds and a waiter renders instead of timing out. Renewal also puts
+    the lock back when a Redis fail-over lost it.
+    """
+
+    def __init__(self, store: Store, key: str, token: bytes, ttl: float):
+        self.store, self.key, self.token, self.ttl = store, key, token, ttl
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._renew, name="render-lock", daemon=True)
+
+    def _renew(self) -> None:
+        while not self.done.wait(self.ttl / 3):
+            self.store.renew(self.key, self.token, self.ttl)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        # Only our own lock: one that outlived its ttl may be another's now.
+        if self.store.get(self.key) == self.token:
+            self.store.delete(self.key)
+
+
 class RenderCache:
     """get-or-render with one render per key across every worker sharing the store."""
 
-    def __init__(self, store: Store, *, wait_timeout: float = 20.0, lock_ttl: float = 60.0):
+    def __init__(self, store: Store, *, wait_timeout: float = 20.0, lock_ttl: float = 5.0):
         self.store = store
         self.wait_timeout = wait_timeout
         self.lock_ttl = lock_ttl
@@ -192,7 +250,7 @@ class RenderCache:
         while True:
             token = secrets.token_bytes(8)
             if self.store.add(lock, token, expire=self.lock_ttl):
-                try:
+                with _HeldLock(self.store, lock, token, self.lock_ttl):
                     # Someone may have finished between our miss and taking the lock.
                     entry = self.get(key)
                     if entry is not None:
@@ -200,10 +258,6 @@ class RenderCache:
                     entry = render()
                     self.store.set(_RENDER + key, entry.pack())
                     return entry, False
-                finally:
-                    # Only our own lock: one that outlived lock_ttl may be another's now.
-                    if self.store.get(lock) == token:
-                        self.store.delete(lock)
             time.sleep(pause)
             pause = min(pause * 1.5, 0.05)
             entry = self.get(key)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import metrics
+from . import ServiceError
 from .cache import Entry, LookupCache, RenderCache, RenderTimeout
 from .imaging import RenderSpec, UnsupportedImage
 from .imaging.probe import Probe, probe
@@ -17,7 +18,7 @@ from .upstream import DoppelClient, Source, UpstreamTimeout
 
 if TYPE_CHECKING:  # the engine loads ImageMagick; the pipeline only holds one
     from .imaging.engine import ImagingEngine
-    from .imaging.watermark import WatermarkPainter
+    from .imaging.overlays import WatermarkPainter
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,8 @@ class ProductLookup:
         metrics.CACHE_REQUESTS.labels("lookup", "miss", tenant).inc()
         try:
             ids = self.client.product_images(product_id, platform)
-        except Exception as error:
-            status = getattr(error, "status", 500)
-            if cached is not None and status >= 500:
+        except ServiceError as error:  # a bug of ours is never covered by a stale copy
+            if cached is not None and error.status >= 500:
                 log.warning("serving stale look-up for %s: upstream failed", key)
                 metrics.CACHE_REQUESTS.labels("lookup", "stale", tenant).inc()
                 return cached[0], "stale"
@@ -68,12 +68,14 @@ class Brand:
 
 @dataclass(frozen=True)
 class RenderJob:
-    """Everything that decides the output bytes, once negotiated (format is concrete)."""
+    """Which image to render and how: everything that decides the output bytes.
+
+    The engine sees only the spec (the output); the pipeline also needs the image id
+    (which source to fetch, which cache entry to use).
+    """
 
     image_id: str
-    width: int
-    quality: int
-    format: str
+    spec: RenderSpec
     brand: Brand | None = None   # None: the engine's own watermark
 
     @property
@@ -91,7 +93,7 @@ class SourcePolicy:
     quality: int = 98
 
     def params(self, job: RenderJob) -> tuple[int, str, int]:
-        return (self.width or job.width, self.format, self.quality)
+        return (self.width or job.spec.width, self.format, self.quality)
 
 
 @dataclass
@@ -119,9 +121,10 @@ class ImageRenderer:
 
     def cache_key(self, job: RenderJob) -> str:
         src_width, src_format, src_quality = self.source.params(job)
+        spec = job.spec
         fingerprint = job.brand.fingerprint if job.brand else self._fingerprint
-        material = "|".join((self._key_prefix, fingerprint, job.image_id, str(job.width),
-                             str(job.quality), job.format, str(src_width), src_format,
+        material = "|".join((self._key_prefix, fingerprint, job.image_id, str(spec.width),
+                             str(spec.quality), spec.format, str(src_width), src_format,
                              str(src_quality)))
         return hashlib.sha256(material.encode()).hexdigest()
 
@@ -136,7 +139,7 @@ class ImageRenderer:
 
     def _remember_size(self, job: RenderJob, width: int, height: int) -> None:
         # For look-ups, so pages can reserve the space before the image loads.
-        self.cache.remember_size(self._size_key(job.image_id, job.width), width, height)
+        self.cache.remember_size(self._size_key(job.image_id, job.spec.width), width, height)
 
     def etag(self, job: RenderJob) -> str:
         """Strong ETag known before rendering: same inputs, same bytes."""
@@ -157,10 +160,10 @@ class ImageRenderer:
         source = self.client.fetch_image(job.image_id, width=asked, fmt=fmt, quality=quality)
         probed = probe(source.data)
         shown_width, _ = probed.shown_size
-        if shown_width < job.width and probed.width >= asked:
+        if shown_width < job.spec.width and probed.width >= asked:
             ratio = probed.width / shown_width
             self.cache.remember_width_ratio(job.image_id, ratio)
-            wider = min(MAX_SOURCE_WIDTH, math.ceil(job.width * ratio))
+            wider = min(MAX_SOURCE_WIDTH, math.ceil(job.spec.width * ratio))
             source = self.client.fetch_image(job.image_id, width=wider, fmt=fmt,
                                              quality=quality)
             probed = probe(source.data)
@@ -174,11 +177,10 @@ class ImageRenderer:
             source, probed = self._fetch_source(job)
             timings["upstream_ms"] = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
-            spec = RenderSpec(width=job.width, quality=job.quality, format=job.format)
-            rendered = self.engine.render(source.data, spec, probed,
+            rendered = self.engine.render(source.data, job.spec, probed,
                                           job.brand.painter if job.brand else None)
             timings["render_ms"] = (time.perf_counter() - started) * 1000
-            metrics.RENDER_SECONDS.labels(job.format, job.tenant).observe(
+            metrics.RENDER_SECONDS.labels(job.spec.format, job.tenant).observe(
                 timings["render_ms"] / 1000)
             self._remember_size(job, rendered.width, rendered.height)
             return Entry(data=rendered.data, mime=rendered.mime)
@@ -190,7 +192,7 @@ class ImageRenderer:
         metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss", job.tenant).inc()
         if cached:
             metrics.CACHE_BYTES.labels(job.tenant).inc(len(entry.data))
-            if self.known_size(job.image_id, job.width) is None:
+            if self.known_size(job.image_id, job.spec.width) is None:
                 # Rendered before sizes were kept: read it off the header, once.
                 try:
                     rendered = probe(entry.data)

@@ -17,11 +17,11 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from .. import metrics
+from ..vocabulary import IMAGE_ID
 from . import ServiceError
 
 log = logging.getLogger(__name__)
 
-IMAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 _PRODUCT_PATH = "/api/v1/products/qcMedia"
 _IMAGE_PATH = "/img"
 _MAX_PRODUCT_BYTES = 4 * 1024 * 1024
@@ -96,11 +96,11 @@ def _is_healthy_answer(error: BaseException) -> bool:
 
 
 def make_breaker(*, fail_max: int = 5, reset_timeout: float = 30.0,
-                 redis_client=None) -> pybreaker.CircuitBreaker:
+                 redis_client=None, redis_cluster: bool = False) -> pybreaker.CircuitBreaker:
     """A breaker per process, or shared by every worker and box through Redis."""
     storage = None
     if redis_client is not None:
-        storage = _SharedBreakerStorage(redis_client)
+        storage = _SharedBreakerStorage(redis_client, cluster_mode=redis_cluster)
     return pybreaker.CircuitBreaker(
         fail_max=fail_max, reset_timeout=reset_timeout, exclude=[_is_healthy_answer],
         state_storage=storage, name="upstream", throw_new_error_on_trip=False,
@@ -119,10 +119,12 @@ class _CircuitWatcher(pybreaker.CircuitBreakerListener):
 class _SharedBreakerStorage(pybreaker.CircuitRedisStorage):
     """pybreaker's Redis storage that also starts while Redis is down (then: closed)."""
 
-    def __init__(self, redis_client):
+    def __init__(self, redis_client, cluster_mode: bool = False):
         # pybreaker logs a full traceback on every Redis error; our cache logs outages once.
         logging.getLogger(pybreaker.__name__).setLevel(logging.CRITICAL)
-        super().__init__(pybreaker.STATE_CLOSED, redis_client, namespace="qcimage")
+        # Cluster: no multi-key transactions (the keys may live on different nodes).
+        super().__init__(pybreaker.STATE_CLOSED, redis_client, namespace="qcimage",
+                         cluster_mode=cluster_mode)
 
     def _initialize_redis_state(self, state: str) -> None:
         try:

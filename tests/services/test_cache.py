@@ -64,6 +64,45 @@ def test_waiting_is_bounded(store):
         cache.get_or_render("k", lambda: Entry(b"never", "image/png"))
 
 
+def test_a_long_render_keeps_its_lock_past_the_lock_ttl(store):
+    cache = RenderCache(store, wait_timeout=5, lock_ttl=0.3)
+    renders = []
+    started = threading.Event()
+
+    def slow():
+        started.set()
+        threading.Event().wait(1.0)  # three lock lifetimes
+        renders.append(1)
+        return Entry(b"img", "image/webp")
+
+    first = threading.Thread(target=cache.get_or_render, args=("k", slow))
+    first.start()
+    started.wait(2)
+    entry, cached = cache.get_or_render("k", slow)
+    first.join()
+    assert (entry.data, cached, len(renders)) == (b"img", True, 1)
+    assert store.get("l:k") is None
+
+
+def test_a_dead_holders_lock_frees_within_its_ttl(store):
+    """A box killed mid-render leaves its lock; waiters render after lock_ttl, not time out."""
+    cache = RenderCache(store, wait_timeout=3, lock_ttl=0.5)
+    store.add("l:k", b"a holder that died", expire=cache.lock_ttl)
+    entry, cached = cache.get_or_render("k", lambda: Entry(b"mine", "image/png"))
+    assert (entry.data, cached) == (b"mine", False)
+
+
+def test_renewing_puts_back_a_lost_lock_but_never_takes_anothers(store):
+    assert store.renew("l:k", b"me", expire=30)
+    assert store.get("l:k") == b"me"
+    store.delete("l:k")  # as a Redis fail-over to a replica that never saw it
+    assert store.renew("l:k", b"me", expire=30)
+    assert store.get("l:k") == b"me"
+    store.set("l:k", b"another", expire=30)
+    assert not store.renew("l:k", b"me", expire=30)
+    assert store.get("l:k") == b"another"
+
+
 def test_cache_survives_a_new_process_view(tmp_path):
     first = DiskStore(tmp_path / "c", size_limit=10 ** 7)
     RenderCache(first).get_or_render("k", lambda: Entry(b"kept", "image/png"))

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps, JpegImagePlugin
 
 from qcimage.config import DEFAULT_WATERMARK_FONT as DEFAULT_FONT
-from qcimage.services.imaging import ImageTooLarge, UnsupportedImage, WatermarkError
+from qcimage.services.imaging import (ImageTooLarge, RenderSpec, UnsupportedImage,
+                                      WatermarkError)
 from qcimage.services.imaging import engine as engine_module
-from qcimage.services.imaging.engine import ImagingEngine, RenderSpec
+from qcimage.services.imaging.engine import ImagingEngine
 from qcimage.services.imaging.policy import (MAX_SIDE, available_output_formats,
                                              imagemagick_version, policy_in_force,
                                              policy_limits, resource_limits)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from qcimage.services.cache import DiskStore, LookupCache, RenderCache
 from qcimage.config import DEFAULT_WATERMARK_FONT as DEFAULT_FONT
+from qcimage.services.imaging import RenderSpec
 from qcimage.services.imaging import probe as probe_module
 from qcimage.services.imaging.engine import ImagingEngine
 from qcimage.services.imaging.watermark import Watermark, WatermarkLayer
@@ -56,7 +57,7 @@ def test_default_policy_asks_upstream_for_the_output_width(engine, store):
     out = io.BytesIO()
     Image.new("RGB", (960, 720), "white").save(out, "JPEG")
     responses.get(BASE + "/img", body=out.getvalue(), content_type="image/jpeg")
-    result = renderer(engine, store).render(RenderJob("abc", 960, 80, "webp"))
+    result = renderer(engine, store).render(RenderJob("abc", RenderSpec(960, 80, "webp")))
     assert requested_widths(responses.calls) == [960]
     query = parse_qs(urlsplit(responses.calls[0].request.url).query)
     assert (query["format"], query["quality"]) == (["jpeg"], ["98"])
@@ -68,7 +69,7 @@ def test_default_policy_asks_upstream_for_the_output_width(engine, store):
 def test_rotated_source_is_fetched_again_wide_enough(engine, store):
     responses.get(BASE + "/img", body=rotated_jpeg(960, 720), content_type="image/jpeg")
     responses.get(BASE + "/img", body=rotated_jpeg(1280, 960), content_type="image/jpeg")
-    result = renderer(engine, store).render(RenderJob("abc", 960, 80, "webp"))
+    result = renderer(engine, store).render(RenderJob("abc", RenderSpec(960, 80, "webp")))
     assert requested_widths(responses.calls) == [960, 1280]
     with Image.open(io.BytesIO(result.entry.data)) as img:
         assert img.size == (960, 1280)
@@ -87,7 +88,7 @@ def test_each_fetched_source_header_is_parsed_once(engine, store, monkeypatch, b
                         lambda data: parsed.append(len(data)) or jpeg_size(data))
     for body in bodies:
         responses.get(BASE + "/img", body=body, content_type="image/jpeg")
-    renderer(engine, store).render(RenderJob("abc", 960, 80, "webp"))
+    renderer(engine, store).render(RenderJob("abc", RenderSpec(960, 80, "webp")))
     assert len(responses.calls) == fetches
     assert parsed == [len(body) for body in bodies]
 
@@ -98,8 +99,8 @@ def test_rotation_is_remembered_so_other_widths_fetch_once(engine, store):
     responses.get(BASE + "/img", body=rotated_jpeg(1280, 960), content_type="image/jpeg")
     responses.get(BASE + "/img", body=rotated_jpeg(640, 480), content_type="image/jpeg")
     pipeline = renderer(engine, store)
-    pipeline.render(RenderJob("abc", 960, 80, "webp"))
-    result = pipeline.render(RenderJob("abc", 480, 80, "webp"))
+    pipeline.render(RenderJob("abc", RenderSpec(960, 80, "webp")))
+    result = pipeline.render(RenderJob("abc", RenderSpec(480, 80, "webp")))
     assert requested_widths(responses.calls) == [960, 1280, 640]
     with Image.open(io.BytesIO(result.entry.data)) as img:
         assert img.size == (480, 640)
@@ -109,19 +110,19 @@ def test_rotation_is_remembered_so_other_widths_fetch_once(engine, store):
 def test_configured_source_width_is_used_as_is(engine, store):
     responses.get(BASE + "/img", body=rotated_jpeg(2000, 1500), content_type="image/jpeg")
     policy = SourcePolicy(width=5000, format="png", quality=100)
-    renderer(engine, store, policy).render(RenderJob("abc", 960, 80, "webp"))
+    renderer(engine, store, policy).render(RenderJob("abc", RenderSpec(960, 80, "webp")))
     query = parse_qs(urlsplit(responses.calls[0].request.url).query)
     assert (query["width"], query["format"], query["quality"]) == (["5000"], ["png"], ["100"])
 
 
 def test_cache_key_covers_every_input(engine, store):
     base = renderer(engine, store)
-    job = RenderJob("abc", 960, 80, "webp")
+    job = RenderJob("abc", RenderSpec(960, 80, "webp"))
     keys = {base.cache_key(job),
-            base.cache_key(RenderJob("abd", 960, 80, "webp")),
-            base.cache_key(RenderJob("abc", 961, 80, "webp")),
-            base.cache_key(RenderJob("abc", 960, 81, "webp")),
-            base.cache_key(RenderJob("abc", 960, 80, "png")),
+            base.cache_key(RenderJob("abd", RenderSpec(960, 80, "webp"))),
+            base.cache_key(RenderJob("abc", RenderSpec(961, 80, "webp"))),
+            base.cache_key(RenderJob("abc", RenderSpec(960, 81, "webp"))),
+            base.cache_key(RenderJob("abc", RenderSpec(960, 80, "png"))),
             renderer(engine, store, fingerprint="wm2").cache_key(job),
             renderer(engine, store, SourcePolicy(width=5000)).cache_key(job),
             renderer(ImagingEngine(engine.watermark, resize_filter="lanczos"), store
@@ -144,3 +145,20 @@ def test_stale_lookup_is_served_when_upstream_fails(store):
     assert lookup.image_ids("1", "WEIDIAN") == (["abc"], "stale")
     with pytest.raises(UpstreamError):
         lookup.image_ids("2", "WEIDIAN")
+
+
+@responses.activate
+def test_a_bug_is_raised_not_covered_by_a_stale_lookup(store, monkeypatch):
+    now = [1000.0]
+    client = DoppelClient(BASE, retries=0)
+    lookup = ProductLookup(client, LookupCache(store, ttl=60, clock=lambda: now[0]))
+    responses.get(BASE + "/api/v1/products/qcMedia", json={"data": {"image": "abc"}})
+    assert lookup.image_ids("1", "WEIDIAN") == (["abc"], "miss")
+    now[0] += 120
+
+    def broken(*args, **kwargs):
+        raise TypeError("a programming error")
+
+    monkeypatch.setattr(client, "product_images", broken)
+    with pytest.raises(TypeError):
+        lookup.image_ids("1", "WEIDIAN")

@@ -3,7 +3,8 @@
 - ``probe``: sniff and read a source's header and EXIF in pure Python (no Wand).
 - ``policy``: ImageMagick under our policy.xml: the one way bytes reach a decoder, the
   limits, and the checks that they are in force.
-- ``watermark``: watermark layers, their overlays, and compositing them on a frame.
+- ``watermark``: what a watermark is: its layers, their bounds, its fingerprint (no Wand).
+- ``overlays``: each layer drawn as an overlay, cached by width, composited on a frame.
 - ``engine``: ``ImagingEngine``: decode, fit, watermark and encode one image.
 
 This file holds what callers need without loading ImageMagick (the errors and

@@ -16,7 +16,8 @@ from qcimage.services.imaging import ImageTooLarge, ImagingError, RenderSpec, Un
 from qcimage.services.imaging.policy import (CODERS, MAX_SIDE, available_output_formats,
                                              imagemagick_version, read_first_frame)
 from qcimage.services.imaging.probe import Probe, output_format, probe
-from qcimage.services.imaging.watermark import Watermark, WatermarkPainter
+from qcimage.services.imaging.overlays import WatermarkPainter
+from qcimage.services.imaging.watermark import Watermark
 from qcimage.vocabulary import OUTPUT_FORMATS
 
 # Fast settings that still compress well. PNG ignores the quality: zlib level 3 with
