@@ -11,6 +11,9 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # which loads a page of demo images the way a person does.
 APT_PACKAGES := python3 python3-venv libmagickwand-6.q16-6 imagemagick fonts-dejavu-core redis-server nginx-light \
                 openssl wrk procps nodejs chromium
+# Several boxes (issue 14): hosts as network namespaces (iproute2), Redis Sentinel and
+# redis-cli for the cluster, and systemd-analyze to verify the shipped unit.
+APT_PACKAGES += iproute2 redis-sentinel redis-tools systemd
 
 .DEFAULT_GOAL := help
 .PHONY: help system-deps venv lint test test-fast fuzz demo bench clean

@@ -155,16 +155,6 @@ loglevel = env_log_level("QCIMAGE_LOG_LEVEL", "info")
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'
 
 
-def log_format():
-    """json or text, as the app decides it (QCIMAGE_LOG_FORMAT, else by QCIMAGE_ENV)."""
-    raw = _env("QCIMAGE_LOG_FORMAT")
-    if raw is None:
-        return "text" if (_env("QCIMAGE_ENV") or "").lower() == "development" else "json"
-    if raw.lower() not in ("json", "text"):
-        _fail("QCIMAGE_LOG_FORMAT", raw, "json or text")
-    return raw.lower()
-
-
 def escape_text_lines(*logs):
     """Give gunicorn's text handlers the app's escaping formatter, keeping their format.
 
@@ -180,21 +170,25 @@ def escape_text_lines(*logs):
 
 
 class QcimageLogger(gunicorn.glogging.Logger):
-    """gunicorn's logger, writing JSON lines like the app when the format is json."""
+    """gunicorn's logger, writing lines as the app does: JSON, or text kept on one line.
 
-    json = log_format() == "json"
+    The format is the app's own setting (QCIMAGE_LOG_FORMAT, else by QCIMAGE_ENV), read
+    with the app's reader when the master sets its loggers up, not when this file loads;
+    a bad value is reported by the master's configuration check (on_starting).
+    """
+
+    json = False
 
     def setup(self, cfg):
+        from qcimage.config import logging_settings
+        from qcimage.logformat import json_formatter
+
         super().setup(cfg)
+        self.json = logging_settings(os.environ).format == "json"
         if not self.json:
             escape_text_lines(self.error_log, self.access_log)
         if self.json:
-            from pythonjsonlogger.json import JsonFormatter
-
-            formatter = JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger",
-                               "process": "pid"})
+            formatter = json_formatter()
             for log in (self.error_log, self.access_log):
                 for handler in log.handlers:
                     handler.setFormatter(formatter)

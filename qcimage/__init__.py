@@ -53,8 +53,8 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.config.update(
         JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=64 * 1024,
-        RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
-        RATELIMIT_STORAGE_OPTIONS=limiter_storage_options(settings.ratelimit_storage_uri),
+        RATELIMIT_STORAGE_URI=settings.limits.storage_uri,
+        RATELIMIT_STORAGE_OPTIONS=limiter_storage_options(settings.limits.storage_uri),
         RATELIMIT_HEADERS_ENABLED=True,
         # Flask-Limiter would put its window's end in Retry-After on every response,
         # overriding the circuit breaker's; ours is set on 429s by the error handler.
@@ -68,7 +68,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
 
     from .logs import configure_logging
 
-    configure_logging(app, settings.log_format)
+    configure_logging(app, settings.logging.format)
     # Before everything else reads remote_addr / scheme: trust only configured proxies.
     if settings.trusted_proxies:
         n = settings.trusted_proxies
@@ -140,7 +140,8 @@ def _unreadable_watermark_files(settings: Settings) -> list[str]:
     # Each worker checks the files with ImageMagick too; a missing one is the common case
     # (no fonts-dejavu-core) and is said here once instead of in a traceback per worker.
     problems = []
-    for layer in settings.watermark:
+    # With a tenants file, its fonts and logos were checked with it.
+    for layer in () if settings.tenants_file else settings.watermark.layers:
         name, path = ("WATERMARK_LOGOS", layer.logo) if layer.logo else ("WATERMARK_FONT",
                                                                          layer.font)
         if not (path.is_file() and os.access(path, os.R_OK)):
@@ -170,60 +171,44 @@ def build_brands(settings: Settings) -> dict[str, Brand]:
     worker from booting instead of failing each image. Tenants with the same watermark
     share one painter, and so its overlays."""
     from .services.imaging.overlays import WatermarkPainter
-    from .services.imaging.watermark import Watermark, WatermarkLayer
+    from .services.imaging.watermark import Watermark
     from .services.pipeline import Brand
 
-    painters: dict[tuple[WatermarkLayer, ...], tuple[WatermarkPainter, str]] = {}
+    painters: dict[Watermark, tuple[WatermarkPainter, str]] = {}
     brands = {}
     for name, tenant in settings.tenants.by_name.items():
         if tenant.watermark not in painters:
-            watermark = Watermark(layers=tenant.watermark)
-            painter = WatermarkPainter(watermark)
+            painter = WatermarkPainter(tenant.watermark)
             painter.check()
-            painters[tenant.watermark] = (painter, watermark.fingerprint())
+            painters[tenant.watermark] = (painter, tenant.watermark.fingerprint())
         brands[name] = Brand(name, *painters[tenant.watermark])
     return brands
 
 
 def build_services(settings: Settings, instance_path: Path) -> Services:
-    from .services.cache import DiskStore, LookupCache, RedisStore, RenderCache, TieredStore
+    from .services.cache import LookupCache, RenderCache, open_store
     from .services.imaging.engine import ImagingEngine
-    from .services.imaging.watermark import Watermark
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
-    from .services.upstream import DoppelClient, make_breaker
+    from .services.upstream import DoppelClient
 
     brands = build_brands(settings)
     # The engine's own watermark (for jobs naming no tenant): `default`'s, else the first's.
     first = settings.tenants.get(None) or next(iter(settings.tenants.by_name.values()))
-    engine = ImagingEngine(Watermark(layers=first.watermark),
-                           max_source_pixels=settings.max_source_pixels,
-                           resize_filter=settings.resize_filter,
-                           webp_method=settings.webp_method)
-    store = DiskStore(settings.cache_dir or default_cache_dir(str(instance_path)),
-                      settings.cache_max_bytes)
-    shared = None
-    if settings.redis_url:
-        shared = RedisStore(settings.redis_url)
-        store = TieredStore(store, shared)
-    client = DoppelClient(
-        settings.upstream_url, connect_timeout=settings.upstream_connect_timeout,
-        read_timeout=settings.upstream_read_timeout, lookup_deadline=settings.lookup_total_timeout,
-        image_deadline=settings.image_total_timeout, max_image_bytes=settings.max_source_bytes,
-        retries=settings.upstream_retries,
-        breaker=make_breaker(fail_max=settings.breaker_fail_max,
-                             reset_timeout=settings.breaker_reset_timeout,
-                             redis_client=shared and shared.client,
-                             redis_cluster=bool(shared and shared.is_cluster)))
+    engine = ImagingEngine.from_settings(first.watermark, settings.imaging)
+    cache = settings.cache
+    store, shared = open_store(cache, default_cache_dir(str(instance_path)))
+    client = DoppelClient.from_settings(settings.upstream, shared=shared)
+    upstream = settings.upstream
     return Services(
         settings=settings,
         brands=brands,
         signer=Signer(settings.signing_keys),
-        lookup=ProductLookup(client, LookupCache(store, ttl=settings.lookup_cache_ttl)),
+        lookup=ProductLookup(client, LookupCache(store, ttl=cache.lookup_ttl)),
         renderer=ImageRenderer(
-            client, RenderCache(store, wait_timeout=settings.render_wait_timeout), engine,
-            source=SourcePolicy(settings.source_width, settings.source_format,
-                                settings.source_quality),
+            client, RenderCache(store, wait_timeout=cache.render_wait_timeout), engine,
+            source=SourcePolicy(upstream.source_width, upstream.source_format,
+                                upstream.source_quality),
             watermark_fingerprint=brands[first.name].fingerprint),
         client=client,
         store=store,

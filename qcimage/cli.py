@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from .auth import new_api_key
-from .config import PREFIX, hash_api_key, new_signing_key
+from .envreader import PREFIX
+from .keys import hash_api_key, new_signing_key
 
 _TENANTS_FILE = PREFIX + "TENANTS_FILE"
 
@@ -164,10 +165,11 @@ def check_tenants(tenants_file: str | None) -> None:
     _note(f"{source}: {len(tenants.by_name)} tenant(s), valid" if tenants.from_file else
           f"{_TENANTS_FILE} is not set: the environment is one tenant, default")
     for tenant in tenants.by_name.values():
+        marks = tenant.watermark.layers
         layers = ", ".join(f"text {layer.text!r} {layer.gravity}" if layer.text else
-                           f"logo {layer.logo.name} {layer.gravity}" for layer in tenant.watermark)
+                           f"logo {layer.logo.name} {layer.gravity}" for layer in marks)
         click.echo(f"{tenant.name}: keys {', '.join(sorted(set(tenant.api_keys.values()))) or '-'}"
-                   f"; watermark {layers}{' (tiled)' if tenant.watermark[0].tile else ''}"
+                   f"; watermark {layers}{' (tiled)' if marks[0].tile else ''}"
                    f"; origins {', '.join(tenant.cors_origins) or '-'}"
                    f"; referrers {', '.join(tenant.referrers) or 'any'}"
                    f"; look-ups {tenant.lookup_limit} per key; images {tenant.image_limit} "

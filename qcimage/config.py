@@ -1,36 +1,43 @@
-"""Settings read from ``QCIMAGE_*`` environment variables, validated once at start-up."""
+"""Settings read from ``QCIMAGE_*`` environment variables, validated once at start-up.
+
+``Settings`` holds what the web layer reads, plus one group per service, each filled by
+a small reader: ``upstream``, ``cache``, ``imaging``, ``limits``, ``watermark`` and
+``logging``. ``load_settings`` reports every problem at once.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from limits import parse_many
 
-from .services.imaging.watermark import WatermarkLayer
+from .envreader import PREFIX, EnvReader
+from .keys import development_secrets, hash_api_key
+from .logformat import LOG_FORMATS, default_log_format
+from .services.imaging.watermark import Watermark, WatermarkLayer
 from .vocabulary import GRAVITIES, MAX_WIDTH, MIN_WIDTH, OUTPUT_FORMATS
 
 if TYPE_CHECKING:
     from .tenants import Tenants
 
-PREFIX = "QCIMAGE_"
+__all__ = ["PREFIX", "ConfigError", "Settings", "load_settings", "per_worker_limit_problems"]
+
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 # From Debian's fonts-dejavu-core (installed by `make`): a file, because ImageMagick
 # silently swaps an unknown font *name* for another font.
 DEFAULT_WATERMARK_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 DEFAULT_WATERMARK_TEXT = "qcimage"
-
-
-DEVELOPMENT_SECRETS_FILE = "development-secrets.json"
+# gunicorn.conf.py reads QCIMAGE_WORKER_TIMEOUT itself, before the app can be imported;
+# tests/test_gunicorn_conf.py holds its default and bounds equal to these.
+WORKER_TIMEOUT = (30, 1, 3600)
+ENVIRONMENTS = ("production", "development")
 
 
 class ConfigError(ValueError):
@@ -42,47 +49,80 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class UpstreamSettings:
+    """Doppel: where it is, how long to wait, when to stop asking, what to ask for."""
+
+    url: str
+    connect_timeout: float
+    read_timeout: float
+    lookup_timeout: float
+    image_timeout: float
+    retries: int
+    breaker_fail_max: int
+    breaker_reset_timeout: float
+    max_source_bytes: int
+    source_width: int  # 0: the output width
+    source_format: str
+    source_quality: int
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Where renders and look-ups are kept, for how long, and the shared store."""
+
+    dir: Path | None
+    max_bytes: int
+    redis_url: str | None
+    redis_required: bool
+    lookup_ttl: int
+    render_wait_timeout: float
+
+
+@dataclass(frozen=True)
+class ImagingSettings:
+    """What the engine accepts and how it renders."""
+
+    max_source_pixels: int
+    resize_filter: str
+    webp_method: int
+    auto_formats: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Rate limits, where they are counted, and the worker timeout deadlines must fit."""
+
+    storage_uri: str
+    per_worker: bool
+    lookup: str
+    image: str
+    worker_timeout: int
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: str  # json or text
+
+
+@dataclass(frozen=True)
 class Settings:
     env: str
     api_keys: dict[str, str]              # sha256 hex -> key name
     signing_keys: tuple[str, ...]
     public_url: str
-    upstream_url: str
-    ratelimit_storage_uri: str
-    ratelimit_per_worker: bool
-    cache_dir: Path | None
-    redis_url: str | None
     trusted_proxies: int
     cors_origins: tuple[str, ...]
     force_https: bool
-    lookup_limit: str
-    image_limit: str
     signed_url_ttl: int
     signed_url_bucket: int
     srcset_widths: tuple[int, ...]
-    upstream_connect_timeout: float
-    upstream_read_timeout: float
-    lookup_total_timeout: float
-    image_total_timeout: float
-    upstream_retries: int
-    breaker_fail_max: int
-    breaker_reset_timeout: float
-    worker_timeout: int
-    redis_required: bool
-    max_source_bytes: int
-    max_source_pixels: int
-    source_width: int
-    source_format: str
-    source_quality: int
-    cache_max_bytes: int
-    lookup_cache_ttl: int
-    render_wait_timeout: float
-    resize_filter: str
-    webp_method: int
-    auto_formats: tuple[str, ...]
-    watermark: tuple[WatermarkLayer, ...]
-    log_format: str
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    upstream: UpstreamSettings
+    cache: CacheSettings
+    imaging: ImagingSettings
+    limits: LimitSettings
+    watermark: Watermark
+    logging: LoggingSettings
     demo_secrets: dict[str, str] = field(default_factory=dict)
     tenants_file: Path | None = None
     tenants: Tenants | None = None     # set by load_settings: the file's, or `default` alone
@@ -92,100 +132,124 @@ class Settings:
         return self.env == "production"
 
 
-def new_signing_key() -> str:
-    """A fresh secret for QCIMAGE_SIGNING_KEYS: 32 random bytes, URL-safe (43 characters)."""
-    return secrets.token_urlsafe(32)
-
-
-def hash_api_key(key: str) -> str:
-    """The SHA-256 hex digest that ``QCIMAGE_API_KEYS`` stores for a client key."""
-    import hashlib
-
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-class _Reader:
-    """Typed access to the environment, collecting every problem before failing."""
-
-    def __init__(self, environ: Mapping[str, str]):
-        self.environ = environ
-        self.errors: list[str] = []
-
-    def raw(self, name: str) -> str | None:
-        value = self.environ.get(PREFIX + name)
-        return value.strip() if value is not None and value.strip() != "" else None
-
-    def str(self, name: str, default: str | None) -> str | None:
-        value = self.raw(name)
-        return default if value is None else value
-
-    def int(self, name: str, default: int, lo: int, hi: int) -> int:
-        return self._number(name, default, lo, hi, int, "an integer")
-
-    def float(self, name: str, default: float, lo: float, hi: float) -> float:
-        return self._number(name, default, lo, hi, float, "a number")
-
-    def _number(self, name, default, lo, hi, cast, kind):
-        value = self.raw(name)
-        if value is None:
-            return default
-        try:
-            number = cast(value)
-        except ValueError:
-            self.errors.append(f"{PREFIX}{name} must be {kind}, got {value!r}")
-            return default
-        if not lo <= number <= hi:
-            self.errors.append(f"{PREFIX}{name} must be between {lo} and {hi}, got {number}")
-        return number
-
-    def bool(self, name: str, default: bool) -> bool:
-        value = self.raw(name)
-        if value is None:
-            return default
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        self.errors.append(f"{PREFIX}{name} must be true or false, got {value!r}")
-        return default
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.raw(name)
-        if value is None:
-            return default
-        if value.lower() not in choices:
-            self.errors.append(f"{PREFIX}{name} must be one of {', '.join(choices)}, got {value!r}")
-            return default
-        return value.lower()
-
-    def csv(self, name: str) -> tuple[str, ...]:
-        value = self.raw(name)
-        if value is None:
-            return ()
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-
-    def path(self, name: str, default: Path | None) -> Path | None:
-        value = self.raw(name)
-        return Path(value).expanduser() if value is not None else default
-
-
 def per_worker_limit_problems(settings: Settings, workers: int) -> list[str]:
     """Why production must not start: memory:// would quietly multiply every limit.
 
     Each worker process counts in its own memory, so N workers let N times each limit
     through. Development (the demo) may; production must share a store or say it accepts.
     """
-    if (not settings.is_production or workers < 2 or settings.ratelimit_per_worker
-            or not settings.ratelimit_storage_uri.startswith("memory://")):
+    limits = settings.limits
+    if (not settings.is_production or workers < 2 or limits.per_worker
+            or not limits.storage_uri.startswith("memory://")):
         return []
-    return [f"{PREFIX}RATELIMIT_STORAGE_URI={settings.ratelimit_storage_uri} counts in each of "
+    return [f"{PREFIX}RATELIMIT_STORAGE_URI={limits.storage_uri} counts in each of "
             f"the {workers} workers separately, so every rate limit would let {workers} times "
             f"its value through: set {PREFIX}RATELIMIT_STORAGE_URI=redis://127.0.0.1:6379/0 "
             f"(one count for every worker and box), or {PREFIX}WORKERS=1, or accept per-worker "
             f"limits with {PREFIX}RATELIMIT_PER_WORKER=true"]
 
 
-def _parse_api_keys(reader: _Reader) -> dict[str, str]:
+def read_upstream(reader: EnvReader) -> UpstreamSettings:
+    return UpstreamSettings(
+        url=reader.url("UPSTREAM_URL", "https://doppel.fit") or "",
+        connect_timeout=reader.float("UPSTREAM_CONNECT_TIMEOUT", 3.05, 0.1, 30),
+        read_timeout=reader.float("UPSTREAM_READ_TIMEOUT", 5.0, 0.1, 120),
+        lookup_timeout=reader.float("LOOKUP_TIMEOUT", 8.0, 0.5, 120),
+        image_timeout=reader.float("IMAGE_FETCH_TIMEOUT", 15.0, 0.5, 120),
+        retries=reader.int("UPSTREAM_RETRIES", 2, 0, 5),
+        breaker_fail_max=reader.int("BREAKER_FAIL_MAX", 5, 1, 1000),
+        breaker_reset_timeout=reader.float("BREAKER_RESET_TIMEOUT", 30.0, 0.5, 3600),
+        max_source_bytes=reader.int("MAX_SOURCE_BYTES", 60 * 1024 * 1024, 1024, 1024 ** 3),
+        source_width=reader.int("SOURCE_WIDTH", 0, 0, 10000),
+        source_format=reader.choice("SOURCE_FORMAT", "jpeg", ("jpeg", "png", "webp")),
+        source_quality=reader.int("SOURCE_QUALITY", 98, 1, 100),
+    )
+
+
+def _check_redis_url(reader: EnvReader, name: str, url: str | None) -> None:
+    from .services.redisconn import RedisURLError, parse_redis_url
+
+    if url is None:
+        return
+    try:
+        parse_redis_url(url)
+    except RedisURLError as error:
+        # The URL may carry a password: name the variable, never echo the value.
+        reader.errors.append(f"{PREFIX}{name} {error}")
+
+
+def read_cache(reader: EnvReader, directory: Path | None) -> CacheSettings:
+    cache = CacheSettings(
+        dir=directory,
+        # At least 64 MiB: a cache that evicts a render as it is stored would leave the
+        # requests waiting for that render with nothing to read.
+        max_bytes=reader.int("CACHE_MAX_BYTES", 2 * 1024 ** 3, 64 * 1024 ** 2, 1024 ** 4),
+        redis_url=reader.str("REDIS_URL", None),
+        redis_required=reader.bool("REDIS_REQUIRED", False),
+        lookup_ttl=reader.int("LOOKUP_CACHE_TTL", 300, 0, 86400),
+        render_wait_timeout=reader.float("RENDER_WAIT_TIMEOUT", 10.0, 0.1, 120),
+    )
+    _check_redis_url(reader, "REDIS_URL", cache.redis_url)
+    return cache
+
+
+def read_imaging(reader: EnvReader) -> ImagingSettings:
+    auto_formats = tuple(f.lower() for f in reader.csv("AUTO_FORMATS")) or ("webp", "jpeg")
+    for fmt in auto_formats:
+        if fmt not in OUTPUT_FORMATS:
+            reader.errors.append(f"{PREFIX}AUTO_FORMATS entries must be among "
+                                 f"{', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    if auto_formats[-1] not in ("jpeg", "png"):
+        reader.errors.append(f"{PREFIX}AUTO_FORMATS must end with a format every browser reads "
+                             "(jpeg or png): the last one is the fallback")
+    return ImagingSettings(
+        # 40 MP at most: ImageMagick's PNG reader needs 18 bytes a pixel for grey images,
+        # and the policy's 768 MiB memory limit must hold the largest allowed source.
+        max_source_pixels=reader.int("MAX_SOURCE_PIXELS", 24_000_000, 10_000, 40_000_000),
+        resize_filter=reader.choice("RESIZE_FILTER", "area",
+                                    ("area", "triangle", "lanczos", "mitchell", "catrom", "box")),
+        webp_method=reader.int("WEBP_METHOD", 2, 0, 6),
+        auto_formats=auto_formats,
+    )
+
+
+def read_limits(reader: EnvReader) -> LimitSettings:
+    limits = LimitSettings(
+        storage_uri=reader.str("RATELIMIT_STORAGE_URI", "memory://") or "memory://",
+        per_worker=reader.bool("RATELIMIT_PER_WORKER", False),
+        lookup=reader.str("LOOKUP_RATE_LIMIT", "100 per 15 minutes") or "",
+        image=reader.str("IMAGE_RATE_LIMIT", "300 per 15 minutes") or "",
+        worker_timeout=reader.int("WORKER_TIMEOUT", *WORKER_TIMEOUT),
+    )
+    if limits.storage_uri.startswith("redis"):
+        _check_redis_url(reader, "RATELIMIT_STORAGE_URI", limits.storage_uri)
+    for name, value in (("LOOKUP_RATE_LIMIT", limits.lookup),
+                        ("IMAGE_RATE_LIMIT", limits.image)):
+        try:
+            parse_many(value)
+        except ValueError:
+            # Flask-Limiter would only log this per request and apply no limit at all.
+            reader.errors.append(f"{PREFIX}{name} must be a rate like '100 per 15 minutes', "
+                                 f"got {value!r}")
+    return limits
+
+
+def read_env(reader: EnvReader) -> str:
+    return reader.choice("ENV", "production", ENVIRONMENTS)
+
+
+def read_logging(reader: EnvReader, env: str) -> LoggingSettings:
+    return LoggingSettings(
+        format=reader.choice("LOG_FORMAT", default_log_format(env), LOG_FORMATS))
+
+
+def logging_settings(environ: Mapping[str, str]) -> LoggingSettings:
+    """The logging group alone, for gunicorn's master; load_settings reports bad values."""
+    reader = EnvReader(environ)
+    return read_logging(reader, read_env(reader))
+
+
+def _parse_api_keys(reader: EnvReader) -> dict[str, str]:
     keys: dict[str, str] = {}
     for entry in reader.csv("API_KEYS"):
         name, _, digest = entry.partition(":")
@@ -201,7 +265,7 @@ def _parse_api_keys(reader: _Reader) -> dict[str, str]:
     return keys
 
 
-def _parse_watermark(reader: _Reader) -> tuple[WatermarkLayer, ...]:
+def _parse_watermark(reader: EnvReader) -> tuple[WatermarkLayer, ...]:
     problems_before = len(reader.errors)
     font = reader.path("WATERMARK_FONT", DEFAULT_WATERMARK_FONT)
     text = reader.str("WATERMARK_TEXT", DEFAULT_WATERMARK_TEXT)
@@ -236,49 +300,13 @@ def watermark_layers(text: str | None, font: Path, logos: list[Path], common: di
     return tuple(layers + [WatermarkLayer(logo=logo, **logo_common) for logo in logos])
 
 
-def _parse_widths(reader: _Reader) -> tuple[int, ...]:
+def _parse_widths(reader: EnvReader) -> tuple[int, ...]:
     values = reader.csv("SRCSET_WIDTHS") or ("480", "960", "1440")
     if not all(v.isdigit() and MIN_WIDTH <= int(v) <= MAX_WIDTH for v in values):
         reader.errors.append(
             f"{PREFIX}SRCSET_WIDTHS entries must be integers {MIN_WIDTH}-{MAX_WIDTH}")
         return (480, 960, 1440)
     return tuple(sorted({int(v) for v in values}))
-
-
-def _parse_networks(reader: _Reader, name: str, default: str):
-    entries = reader.csv(name) or tuple(default.split(","))
-    networks = []
-    for entry in entries:
-        if entry == "*":
-            return (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            reader.errors.append(f"{PREFIX}{name} entries must be IP networks or *, got {entry!r}")
-    return tuple(networks)
-
-
-def _check_url(reader: _Reader, name: str, value: str | None) -> str | None:
-    if value is None:
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-        reader.errors.append(f"{PREFIX}{name} must be an http(s) base URL, got {value!r}")
-    return value.rstrip("/")
-
-
-def _check_redis_urls(reader: _Reader, settings: Settings) -> None:
-    from .services.redisconn import RedisURLError, parse_redis_url
-
-    for name, url in (("REDIS_URL", settings.redis_url),
-                      ("RATELIMIT_STORAGE_URI", settings.ratelimit_storage_uri)):
-        if url is None or (name == "RATELIMIT_STORAGE_URI" and not url.startswith("redis")):
-            continue
-        try:
-            parse_redis_url(url)
-        except RedisURLError as error:
-            # The URL may carry a password: name the variable, never echo the value.
-            reader.errors.append(f"{PREFIX}{name} {error}")
 
 
 _WHAT_TO_SET = {
@@ -288,48 +316,7 @@ _WHAT_TO_SET = {
 }
 
 
-def _development_secrets(reader: _Reader, directory: Path | None) -> dict[str, str]:
-    """The demo API key and signing key kept in ``directory``, made by the first caller.
-
-    Workers are forked without the app, so each would otherwise invent its own and
-    refuse the links and keys of the others. No directory: fresh ones, this process only.
-    """
-    fresh = {"api_key": "demo-" + secrets.token_urlsafe(18),
-             "signing_key": new_signing_key()}
-    if directory is None:
-        return fresh
-    path = directory / DEVELOPMENT_SECRETS_FILE
-    try:
-        if not path.exists():
-            _create_whole(path, json.dumps(fresh))
-        stored = json.loads(path.read_text())
-        return {name: str(stored[name]) for name in fresh}
-    except OSError as error:
-        reader.errors.append(f"cannot keep development secrets in {path} ({error.strerror}): "
-                             f"set {PREFIX}CACHE_DIR to a folder this user can write")
-    except (ValueError, KeyError, TypeError):
-        reader.errors.append(f"{path} is damaged: delete it and development invents new "
-                             "secrets")
-    return fresh
-
-
-def _create_whole(path: Path, text: str) -> None:
-    """Write ``path`` readable by this user only, unless it exists; never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    draft = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
-    try:
-        # link() fails when the file exists: the first of several workers wins, whole.
-        os.link(draft, path)
-    except FileExistsError:
-        pass
-    finally:
-        draft.unlink()
-
-
-def _refuse_mix_with_tenants_file(reader: _Reader, problems: list[str]) -> None:
+def _refuse_mix_with_tenants_file(reader: EnvReader, problems: list[str]) -> None:
     mixed = sorted(name for name in reader.environ
                    if (name == PREFIX + "API_KEYS" or name.startswith(PREFIX + "WATERMARK_"))
                    and reader.raw(name[len(PREFIX):]) is not None)
@@ -343,13 +330,13 @@ def _refuse_mix_with_tenants_file(reader: _Reader, problems: list[str]) -> None:
 TENANTS_SNAPSHOT = PREFIX + "TENANTS_SNAPSHOT"
 
 
-def _tenants(reader: _Reader, settings: Settings, problems: list[str]) -> Tenants:
+def _tenants(reader: EnvReader, settings: Settings, problems: list[str]) -> Tenants:
     from .tenants import (LinkDefaults, Tenant, Tenants, load_tenants, read_tenants_file,
                           single_tenant)
 
     template = Tenant(name="", api_keys=settings.api_keys, watermark=settings.watermark,
-                      cors_origins=settings.cors_origins, lookup_limit=settings.lookup_limit,
-                      image_limit=settings.image_limit,
+                      cors_origins=settings.cors_origins, lookup_limit=settings.limits.lookup,
+                      image_limit=settings.limits.image,
                       defaults=LinkDefaults(srcset_widths=settings.srcset_widths,
                                             link_ttl=settings.signed_url_ttl))
     if settings.tenants_file is None:
@@ -372,11 +359,11 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     checks a file where the service's other settings may not be set).
     """
     tenant_problems: list[str] = []
-    reader = _Reader(os.environ if environ is None else environ)
-    env = reader.choice("ENV", "production", ("production", "development"))
+    reader = EnvReader(os.environ if environ is None else environ)
+    env = read_env(reader)
     api_keys = _parse_api_keys(reader)
     signing_keys = reader.csv("SIGNING_KEYS")
-    public_url = _check_url(reader, "PUBLIC_URL", reader.str("PUBLIC_URL", None))
+    public_url = reader.url("PUBLIC_URL", None)
     demo: dict[str, str] = {}
 
     cache_dir = reader.path("CACHE_DIR", default_cache_dir)
@@ -392,7 +379,9 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     else:
         # Development invents what is missing and reports it, so `make demo` just works.
         # Invented once per cache folder: every worker, and the next start, agree on them.
-        invented = _development_secrets(reader, cache_dir)
+        invented, problem = development_secrets(cache_dir)
+        if problem:
+            reader.errors.append(problem)
         if not api_keys and tenants_file is None:
             demo["api_key"] = reader.str("DEMO_API_KEY", None) or invented["api_key"]
             api_keys = {hash_api_key(demo["api_key"]): "demo"}
@@ -411,51 +400,19 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         api_keys=api_keys,
         signing_keys=tuple(signing_keys),
         public_url=public_url or "",
-        upstream_url=_check_url(reader, "UPSTREAM_URL", reader.str("UPSTREAM_URL",
-                                                                   "https://doppel.fit")) or "",
-        ratelimit_storage_uri=reader.str("RATELIMIT_STORAGE_URI", "memory://") or "memory://",
-        ratelimit_per_worker=reader.bool("RATELIMIT_PER_WORKER", False),
-        cache_dir=cache_dir,
-        redis_url=reader.str("REDIS_URL", None),
         trusted_proxies=trusted_proxies,
         cors_origins=reader.csv("CORS_ORIGINS"),
         force_https=reader.bool("FORCE_HTTPS", env == "production" and trusted_proxies > 0),
-        lookup_limit=reader.str("LOOKUP_RATE_LIMIT", "100 per 15 minutes") or "",
-        image_limit=reader.str("IMAGE_RATE_LIMIT", "300 per 15 minutes") or "",
         signed_url_ttl=reader.int("SIGNED_URL_TTL", 30 * 86400, 0, 10 * 365 * 86400),
         signed_url_bucket=reader.int("SIGNED_URL_BUCKET", 86400, 1, 30 * 86400),
         srcset_widths=_parse_widths(reader),
-        upstream_connect_timeout=reader.float("UPSTREAM_CONNECT_TIMEOUT", 3.05, 0.1, 30),
-        upstream_read_timeout=reader.float("UPSTREAM_READ_TIMEOUT", 5.0, 0.1, 120),
-        lookup_total_timeout=reader.float("LOOKUP_TIMEOUT", 8.0, 0.5, 120),
-        image_total_timeout=reader.float("IMAGE_FETCH_TIMEOUT", 15.0, 0.5, 120),
-        upstream_retries=reader.int("UPSTREAM_RETRIES", 2, 0, 5),
-        breaker_fail_max=reader.int("BREAKER_FAIL_MAX", 5, 1, 1000),
-        breaker_reset_timeout=reader.float("BREAKER_RESET_TIMEOUT", 30.0, 0.5, 3600),
-        # gunicorn.conf.py reads the same variable: deadlines are checked against it.
-        worker_timeout=reader.int("WORKER_TIMEOUT", 30, 1, 3600),
-        redis_required=reader.bool("REDIS_REQUIRED", False),
-        max_source_bytes=reader.int("MAX_SOURCE_BYTES", 60 * 1024 * 1024, 1024, 1024 ** 3),
-        # 40 MP at most: ImageMagick's PNG reader needs 18 bytes a pixel for grey images,
-        # and the policy's 768 MiB memory limit must hold the largest allowed source.
-        max_source_pixels=reader.int("MAX_SOURCE_PIXELS", 24_000_000, 10_000, 40_000_000),
-        source_width=reader.int("SOURCE_WIDTH", 0, 0, 10000),
-        source_format=reader.choice("SOURCE_FORMAT", "jpeg", ("jpeg", "png", "webp")),
-        source_quality=reader.int("SOURCE_QUALITY", 98, 1, 100),
-        # At least 64 MiB: a cache that evicts a render as it is stored would leave the
-        # requests waiting for that render with nothing to read.
-        cache_max_bytes=reader.int("CACHE_MAX_BYTES", 2 * 1024 ** 3, 64 * 1024 ** 2,
-                                   1024 ** 4),
-        lookup_cache_ttl=reader.int("LOOKUP_CACHE_TTL", 300, 0, 86400),
-        render_wait_timeout=reader.float("RENDER_WAIT_TIMEOUT", 10.0, 0.1, 120),
-        resize_filter=reader.choice("RESIZE_FILTER", "area",
-                                    ("area", "triangle", "lanczos", "mitchell", "catrom", "box")),
-        webp_method=reader.int("WEBP_METHOD", 2, 0, 6),
-        auto_formats=tuple(f.lower() for f in reader.csv("AUTO_FORMATS")) or ("webp", "jpeg"),
-        watermark=_parse_watermark(reader),
-        log_format=reader.choice("LOG_FORMAT", "json" if env == "production" else "text",
-                                 ("json", "text")),
-        metrics_allow=_parse_networks(reader, "METRICS_ALLOW", "127.0.0.1/32,::1/128"),
+        metrics_allow=reader.networks("METRICS_ALLOW", "127.0.0.1/32,::1/128"),
+        upstream=read_upstream(reader),
+        cache=read_cache(reader, cache_dir),
+        imaging=read_imaging(reader),
+        limits=read_limits(reader),
+        watermark=Watermark(_parse_watermark(reader)),
+        logging=read_logging(reader, env),
         demo_secrets=demo,
         tenants_file=tenants_file,
     )
@@ -465,30 +422,15 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
             raise ConfigError(tenant_problems)
         return settings
     reader.errors += tenant_problems
-    for fmt in settings.auto_formats:
-        if fmt not in OUTPUT_FORMATS:
-            reader.errors.append(f"{PREFIX}AUTO_FORMATS entries must be among "
-                                 f"{', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
-    if settings.auto_formats[-1] not in ("jpeg", "png"):
-        reader.errors.append(f"{PREFIX}AUTO_FORMATS must end with a format every browser reads "
-                             "(jpeg or png): the last one is the fallback")
-    _check_redis_urls(reader, settings)
-    for name, value in (("LOOKUP_RATE_LIMIT", settings.lookup_limit),
-                        ("IMAGE_RATE_LIMIT", settings.image_limit)):
-        try:
-            parse_many(value)
-        except ValueError:
-            # Flask-Limiter would only log this per request and apply no limit at all.
-            reader.errors.append(f"{PREFIX}{name} must be a rate like '100 per 15 minutes', "
-                                 f"got {value!r}")
     # A slow upstream must end in our 504, never in gunicorn killing the worker: the
     # whole fetch (deadline + one last socket read) plus a render has to fit.
-    for name, deadline in (("LOOKUP_TIMEOUT", settings.lookup_total_timeout),
-                           ("IMAGE_FETCH_TIMEOUT", settings.image_total_timeout)):
-        if deadline + settings.upstream_read_timeout + 3 >= settings.worker_timeout:
+    upstream, worker_timeout = settings.upstream, settings.limits.worker_timeout
+    for name, deadline in (("LOOKUP_TIMEOUT", upstream.lookup_timeout),
+                           ("IMAGE_FETCH_TIMEOUT", upstream.image_timeout)):
+        if deadline + upstream.read_timeout + 3 >= worker_timeout:
             reader.errors.append(
                 f"{PREFIX}{name} + {PREFIX}UPSTREAM_READ_TIMEOUT + 3 s must stay under "
-                f"{PREFIX}WORKER_TIMEOUT ({settings.worker_timeout} s)")
+                f"{PREFIX}WORKER_TIMEOUT ({worker_timeout} s)")
     if reader.errors:
         raise ConfigError(reader.errors)
     return settings

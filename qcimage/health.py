@@ -37,7 +37,7 @@ def ready():
     ping = getattr(getattr(services.store, "shared", None), "ping", None)
     if ping is not None:
         checks["redis"] = "ok" if ping() else "down"
-        if checks["redis"] == "down" and services.settings.redis_required:
+        if checks["redis"] == "down" and services.settings.cache.redis_required:
             problems.append("redis is unreachable")
     if problems:
         retry = services.client.retry_after() if checks["upstream_circuit"] == "open" else 5

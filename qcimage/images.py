@@ -29,7 +29,7 @@ def _named_tenant() -> Tenant | None:
 
 def _rate_limit() -> str:
     tenant = _named_tenant()
-    return tenant.image_limit if tenant else current_services().settings.image_limit
+    return tenant.image_limit if tenant else current_services().settings.limits.image
 
 
 def _rate_limit_key() -> str:
@@ -89,9 +89,9 @@ def image():
     services = current_services()
     services.signer.verify({name: request.args.get(name) for name in SIGNED_PARAMS}, args["sig"])
     g.tenant = _signed_tenant(args["t"])
-    job = RenderJob(args["url"], RenderSpec(
-        args["width"], args["quality"], negotiate(args["format"], services.settings.auto_formats)),
-        brand=services.brands[g.tenant.name])
+    fmt = negotiate(args["format"], services.settings.imaging.auto_formats)
+    job = RenderJob(args["url"], RenderSpec(args["width"], args["quality"], fmt),
+                    brand=services.brands[g.tenant.name])
     etag = services.renderer.etag(job)
     headers = _caching_headers(args, etag)
     if request.if_none_match.contains_weak(etag.strip('"')) or request.if_none_match.star_tag:

@@ -1,13 +1,31 @@
-"""Text log lines a request cannot break: shared by the app and gunicorn.conf.py.
+"""How log lines look, defined once for the app and gunicorn.conf.py: json or text.
 
-Standard library only, so gunicorn's master can import it without the app's
-dependencies (metrics, Flask extensions) or ImageMagick.
+Imported by gunicorn's master when it sets its loggers up, so nothing here needs the
+app's dependencies (metrics, Flask extensions) or ImageMagick.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+
+LOG_FORMATS = ("json", "text")
+# The JSON line's fields, as the app and gunicorn both write them.
+_JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
+_JSON_NAMES = {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"}
+
+
+def default_log_format(env: str) -> str:
+    """Text for a person at a terminal in development, JSON for log shippers otherwise."""
+    return "text" if env == "development" else "json"
+
+
+def json_formatter() -> logging.Formatter:
+    """One JSON object per line, with the field names every qcimage line uses."""
+    from pythonjsonlogger.json import JsonFormatter
+
+    return JsonFormatter(_JSON_FIELDS, rename_fields=_JSON_NAMES)
+
 
 # C0 and C1 controls, DEL and the Unicode line/paragraph separators: anything a terminal
 # or a log shipper could take for the end of a line (or a colour change).

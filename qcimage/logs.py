@@ -9,10 +9,9 @@ import time
 import uuid
 
 from flask import Flask, g, request
-from pythonjsonlogger.json import JsonFormatter
 
 from . import metrics
-from .logformat import EscapingFormatter
+from .logformat import EscapingFormatter, json_formatter
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 access_log = logging.getLogger("qcimage.access")
@@ -36,10 +35,7 @@ def _ms(value: float | None) -> float | None:
 def configure_logging(app: Flask, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger",
-                           "process": "pid"}))
+        handler.setFormatter(json_formatter())
     else:
         handler.setFormatter(EscapingFormatter(
             "%(asctime)s %(levelname)-7s %(name)s %(process)d [%(request_id)s] %(message)s"))

@@ -10,7 +10,7 @@ import io
 import sys
 from pathlib import Path
 
-from .services.imaging.watermark import Watermark, WatermarkLayer
+from .services.imaging.watermark import Watermark
 
 WIDTHS = (480, 960, 2000)
 # (label, sample image id): the stand-in upstream's photos in bright light, in the dark,
@@ -49,14 +49,14 @@ def _sample_sources() -> list[tuple[str, bytes]]:
     return sources
 
 
-def contact_sheet(name: str, layers: tuple[WatermarkLayer, ...], out: Path) -> None:
+def contact_sheet(name: str, watermark: Watermark, out: Path) -> None:
     """Write the sheet for tenant ``name`` to ``out`` (PNG, JPEG or WebP by its suffix)."""
     from PIL import Image, ImageDraw, ImageFont
 
     from .services.imaging import RenderSpec
     from .services.imaging.engine import ImagingEngine
 
-    engine = ImagingEngine(Watermark(layers=layers))
+    engine = ImagingEngine(watermark)
     engine.check_watermark()
     rows = []
     for label, source in _sample_sources():

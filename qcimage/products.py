@@ -29,7 +29,7 @@ def _rate_limit_key() -> str:
 
 def _rate_limit() -> str:
     resolved = request_key()
-    return resolved[0].lookup_limit if resolved else current_services().settings.lookup_limit
+    return resolved[0].lookup_limit if resolved else current_services().settings.limits.lookup
 
 
 # GET (and HEAD) only: CORS preflights must not spend the budget of the request they precede.

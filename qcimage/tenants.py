@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from limits import parse_many
 
 from .config import DEFAULT_WATERMARK_FONT, hash_api_key, watermark_layers
-from .services.imaging.watermark import WatermarkLayer
+from .services.imaging.watermark import Watermark, WatermarkLayer
 from .vocabulary import DEFAULT_WIDTH, GRAVITIES, MAX_WIDTH, MIN_WIDTH, REQUEST_FORMATS
 
 DEFAULT_TENANT = "default"
@@ -46,7 +46,7 @@ class Tenant:
 
     name: str
     api_keys: Mapping[str, str]              # sha256 hex -> key name (rate limits count by it)
-    watermark: tuple[WatermarkLayer, ...]
+    watermark: Watermark
     cors_origins: tuple[str, ...] = ()
     referrers: tuple[str, ...] = ()          # hosts whose pages may embed; () = any
     lookup_limit: str = "100 per 15 minutes"
@@ -253,7 +253,7 @@ def _tenant(name: str, table: dict, template: Tenant, fields: _Fields) -> Tenant
     tenant = Tenant(
         name=name,
         api_keys=_api_keys(name, table, fields),
-        watermark=(_watermark(table["watermark"], fields) if "watermark" in table
+        watermark=(Watermark(_watermark(table["watermark"], fields)) if "watermark" in table
                    else template.watermark),
         cors_origins=tuple(fields.get(table, "cors_origins", _string_list(
             _is_origin, "origins like 'https://shop.example' (no path)"),
@@ -265,7 +265,7 @@ def _tenant(name: str, table: dict, template: Tenant, fields: _Fields) -> Tenant
         image_limit=fields.get(table, "image_rate_limit", _rate, template.image_limit),
         defaults=_defaults(table.get("defaults"), template.defaults, fields),
     )
-    for layer in tenant.watermark:
+    for layer in tenant.watermark.layers:
         if layer.text is not None and not _starts_with(str(layer.font), _FONT_MAGIC):
             fields.bad("watermark.font", f"{layer.font} is not a readable TrueType/OpenType "
                        "file"

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from qcimage.config import ConfigError, hash_api_key, load_settings
+from qcimage.config import ConfigError, load_settings
+from qcimage.keys import hash_api_key
 from tests.conftest import key_line
 
 
 def test_defaults_match_the_design(env):
     settings = load_settings(env)
     assert settings.is_production
-    assert settings.upstream_url == "https://upstream.test"
-    assert settings.ratelimit_storage_uri == "memory://"
+    assert settings.upstream.url == "https://upstream.test"
+    assert settings.limits.storage_uri == "memory://"
     assert settings.trusted_proxies == 0
-    assert settings.lookup_limit == "100 per 15 minutes"
-    assert settings.image_limit == "300 per 15 minutes"
-    assert settings.redis_url is None
+    assert settings.limits.lookup == "100 per 15 minutes"
+    assert settings.limits.image == "300 per 15 minutes"
+    assert settings.cache.redis_url is None
     assert settings.cors_origins == ()
     assert load_settings({k: v for k, v in env.items() if k != "QCIMAGE_UPSTREAM_URL"}
-                         ).upstream_url == "https://doppel.fit"
+                         ).upstream.url == "https://doppel.fit"
 
 
 def test_api_keys_are_read_as_name_and_hash(env):
@@ -66,7 +67,7 @@ def test_every_problem_is_reported_at_once():
 def test_watermark_can_be_text_logos_or_both(env, tmp_path):
     env.update({"QCIMAGE_WATERMARK_TEXT": "none",
                 "QCIMAGE_WATERMARK_LOGOS": f"{tmp_path}/a.png,{tmp_path}/b.png"})
-    layers = load_settings(env).watermark
+    layers = load_settings(env).watermark.layers
     assert [layer.logo.name for layer in layers] == ["a.png", "b.png"]
     env["QCIMAGE_WATERMARK_LOGOS"] = ""
     with pytest.raises(ConfigError, match="watermark is required"):

@@ -64,8 +64,7 @@ APP = create_app(ENV)
 schema = schemathesis.openapi.from_wsgi("/api/openapi.json", APP, config=CONFIG)
 # The app's engine without its watermark: what an unwatermarked image would look like.
 _settings = APP.extensions["qcimage"].settings
-PLAIN = ImagingEngine(Watermark(layers=()), max_source_pixels=_settings.max_source_pixels,
-                      resize_filter=_settings.resize_filter)
+PLAIN = ImagingEngine.from_settings(Watermark(layers=()), _settings.imaging)
 
 
 def _wire(value) -> str | None:

@@ -14,6 +14,7 @@ import pytest
 import requests
 from gunicorn.config import Config
 
+from qcimage.config import WORKER_TIMEOUT, logging_settings
 from tools.harness import GUNICORN_CONF, ROOT, clean_env, free_port, start_gunicorn
 
 ENV_NAMES = (
@@ -359,3 +360,25 @@ def test_the_master_names_a_missing_watermark_file_once(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "Booting worker" not in result.stderr
     assert result.stderr.count(f"QCIMAGE_WATERMARK_FONT: {missing} is not a readable file") == 1
+
+
+def test_worker_timeout_has_the_apps_default_and_bounds(load_conf):
+    # gunicorn reads QCIMAGE_WORKER_TIMEOUT before the app can be imported; the app checks
+    # its upstream deadlines against the same variable: both must read it alike.
+    default, lowest, highest = WORKER_TIMEOUT
+    assert load_conf().timeout == default
+    assert load_conf(QCIMAGE_WORKER_TIMEOUT=str(lowest)).timeout == lowest
+    assert load_conf(QCIMAGE_WORKER_TIMEOUT=str(highest)).timeout == highest
+    for bad in (lowest - 1, highest + 1):
+        with pytest.raises(SystemExit, match="QCIMAGE_WORKER_TIMEOUT"):
+            load_conf(QCIMAGE_WORKER_TIMEOUT=str(bad))
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, "json"), ({"QCIMAGE_ENV": "development"}, "text"),
+    ({"QCIMAGE_ENV": "development", "QCIMAGE_LOG_FORMAT": "json"}, "json"),
+    ({"QCIMAGE_LOG_FORMAT": "text"}, "text")])
+def test_gunicorn_logs_in_the_apps_format(load_conf, env, expected):
+    conf = load_conf(**env)
+    assert conf.QcimageLogger(Config()).json == (expected == "json")
+    assert logging_settings(os.environ).format == expected

@@ -66,10 +66,9 @@ def test_shipped_conf_passes_nginx_t_in_http_context(tmp_path):
     assert "[warn]" not in result.stderr
 
 
-def test_shipped_conf_fits_inside_debians_own_nginx_conf(tmp_path):
-    """Installed in conf.d it shares http{} with Debian's defaults: no clashes there."""
+def debian_main_conf(tmp_path, site):
+    """Debian's own nginx.conf, including ``site`` where it includes conf.d."""
     assert DEBIAN_NGINX_CONF.exists(), "Debian's nginx.conf is missing; reinstall nginx-common"
-    site = rendered(tmp_path)
     text = DEBIAN_NGINX_CONF.read_text()
     # Dynamic modules load from prefix-relative paths and are not ours to test.
     text = re.sub(r"^\s*(user|pid|include /etc/nginx/modules-enabled/)\S*\s.*$", "", text,
@@ -83,7 +82,12 @@ def test_shipped_conf_fits_inside_debians_own_nginx_conf(tmp_path):
     assert f"include {site};" in text
     main = tmp_path / "debian-nginx.conf"
     main.write_text(text)
-    result = nginx_t(tmp_path, main)
+    return main
+
+
+def test_shipped_conf_fits_inside_debians_own_nginx_conf(tmp_path):
+    """Installed in conf.d it shares http{} with Debian's defaults: no clashes there."""
+    result = nginx_t(tmp_path, debian_main_conf(tmp_path, rendered(tmp_path)))
     assert result.returncode == 0, result.stderr
 
 

@@ -50,8 +50,8 @@ def test_without_a_file_the_environment_is_the_default_tenant(env):
     assert tenant.api_keys == settings.api_keys
     assert tenant.watermark == settings.watermark
     assert tenant.cors_origins == ("https://shop.example",)
-    assert (tenant.lookup_limit, tenant.image_limit) == (settings.lookup_limit,
-                                                         settings.image_limit)
+    assert (tenant.lookup_limit, tenant.image_limit) == (settings.limits.lookup,
+                                                         settings.limits.image)
     assert tenant.defaults == LinkDefaults()
     # Links of the environment's tenant carry no t: the ones issued before still verify.
     assert tenants.link_name(tenant) is None
@@ -92,16 +92,18 @@ def test_a_tenants_file_gives_each_site_its_own_settings(tenants_env, logo):
     assert tenants.from_file and sorted(tenants.by_name) == ["shop-a", "shop-b"]
     a, b = tenants.get("shop-a"), tenants.get("shop-b")
     assert a.api_keys == {HASH_A: "shop-a", HASH_B: "rotated"}
-    assert [(layer.text, layer.logo, layer.gravity, layer.scale) for layer in a.watermark] == [
+    assert [(layer.text, layer.logo, layer.gravity, layer.scale)
+            for layer in a.watermark.layers] == [
         ("SHOP-A", None, "north_west", 0.3), (None, logo, "south_east", 0.1)]
-    assert {(layer.opacity, layer.margin, layer.tile) for layer in a.watermark} == {(0.5, 0, False)}
+    assert {(layer.opacity, layer.margin, layer.tile)
+            for layer in a.watermark.layers} == {(0.5, 0, False)}
     assert a.referrers == ("shop-a.example", "*.shop-a.example")
     assert (a.lookup_limit, a.image_limit) == ("5 per minute", "50 per minute")
     assert a.defaults == LinkDefaults(640, 70, "jpeg", (320, 1280), 3600)
     # Left out: the environment's values.
     assert b.cors_origins == ("https://everyone.example",)
     assert b.lookup_limit == "100 per 15 minutes" and b.defaults == LinkDefaults()
-    assert [layer.text for layer in b.watermark] == ["qcimage"]
+    assert [layer.text for layer in b.watermark.layers] == ["qcimage"]
     assert tenants.cors_origins == ("https://everyone.example", "https://shop-a.example")
     assert tenants.link_name(a) == "shop-a" and tenants.get(None) is None
     assert tenants.resolve_key(KEY_B) == (a, "rotated")
@@ -115,7 +117,7 @@ def test_text_left_out_of_a_watermark_table_means_logos_only(tenants_env, logo):
         api_keys = ["{HASH_A}"]
         watermark = {{ logos = ["{logo}"], position = "center" }}
         """)
-    (layer,) = load_settings(env).tenants.get("logo-only").watermark
+    (layer,) = load_settings(env).tenants.get("logo-only").watermark.layers
     assert layer.text is None and layer.logo == logo and layer.gravity == "center"
 
 

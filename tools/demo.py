@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from qcimage.config import DEVELOPMENT_SECRETS_FILE
+from qcimage.keys import DEVELOPMENT_SECRETS_FILE
 from tools.harness import ROOT, free_port, start_gunicorn, start_upstream, stop_all
 from tools.samples import PRODUCTS
 

@@ -21,6 +21,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 GUNICORN_CONF = ROOT / "gunicorn.conf.py"
 NGINX_SITE_CONF = ROOT / "nginx" / "qcimage.conf"
+NGINX_LB_CONF = ROOT / "nginx" / "qcimage-lb.conf"
 SAMPLES_DIR = ROOT / "tools" / ".samples"
 
 # Every process started here and not yet stopped. The fixtures stop what they
@@ -252,21 +253,24 @@ def start_gunicorn(env, workers=2, *, tmp, port=None, wsgi_app="wsgi:app", cwd=R
 
 
 def make_self_signed_cert(directory, common_name="127.0.0.1"):
-    """Create a key and a self-signed certificate valid for 127.0.0.1 and localhost."""
+    """Create a key and a self-signed certificate valid for 127.0.0.1, localhost and
+    ``common_name`` (an IP address)."""
     directory = Path(directory)
     cert, key = directory / "cert.pem", directory / "key.pem"
+    names = "IP:127.0.0.1,DNS:localhost" + (
+        f",IP:{common_name}" if common_name != "127.0.0.1" else "")
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
          "-subj", f"/CN={common_name}", "-keyout", key, "-out", cert,
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+         "-addext", f"subjectAltName={names}"],
         check=True, capture_output=True)
     return cert, key
 
 
-def _rewrite(text, pattern, replacement, count):
+def _rewrite(text, pattern, replacement, count, name="nginx/qcimage.conf"):
     new_text, found = re.subn(pattern, replacement, text, flags=re.M)
     if found != count:
-        raise AssertionError(f"nginx/qcimage.conf: expected {count} match(es) of {pattern!r}, "
+        raise AssertionError(f"{name}: expected {count} match(es) of {pattern!r}, "
                              f"found {found}; update tools/harness.py with the file")
     return new_text
 
@@ -285,6 +289,35 @@ def render_site_conf(text, *, http_port, https_port, upstream, cache_dir, cert, 
     text = _rewrite(text, r"(^\s*ssl_certificate\s+)\S+;", rf"\g<1>{cert};", 1)
     text = _rewrite(text, r"(^\s*ssl_certificate_key\s+)\S+;", rf"\g<1>{key};", 1)
     return _rewrite(text, r"(^\s*(?:access|error)_log )/var/log/nginx/", rf"\g<1>{log_dir}/", 2)
+
+
+def render_lb_conf(text, *, address, http_port, https_port, boxes, cache_dir, cert, key,
+                   log_dir):
+    """Point the shipped balancer config at test boxes, addresses and paths.
+
+    ``boxes`` (``host:port`` each) replace the three example boxes of both upstreams,
+    keeping each line's parameters (max_fails, fail_timeout).
+    """
+    name = "nginx/qcimage-lb.conf"
+
+    def rewrite(pattern, replacement, count):
+        nonlocal text
+        text = _rewrite(text, pattern, replacement, count, name)
+
+    rewrite(r"^\s*listen \[::\]:\d+.*\n", "", 2)
+    rewrite(r"(^\s*listen )80;", rf"\g<1>{address}:{http_port};", 1)
+    rewrite(r"(^\s*listen )443( ssl)", rf"\g<1>{address}:{https_port}\2", 1)
+    example = r"^(\s*server )10\.0\.0\.1[123]:8000( [^;]*;).*\n"
+    for first_box in re.findall(r"^\s*server 10\.0\.0\.11:8000[^;]*;.*\n", text, re.M):
+        params = re.match(example, first_box).group(2)
+        lines = "".join(f"    server {box}{params}\n" for box in boxes)
+        text = text.replace(first_box, lines, 1)
+    rewrite(example, "", 4)
+    rewrite(r"(^proxy_cache_path )\S+", rf"\g<1>{cache_dir}", 1)
+    rewrite(r"(^\s*ssl_certificate\s+)\S+;", rf"\g<1>{cert};", 1)
+    rewrite(r"(^\s*ssl_certificate_key\s+)\S+;", rf"\g<1>{key};", 1)
+    rewrite(r"(^\s*(?:access|error)_log )/var/log/nginx/", rf"\g<1>{log_dir}/", 2)
+    return text
 
 
 def _temp_paths(tmp):
@@ -325,7 +358,8 @@ class Nginx(ManagedProcess):
 
     def log_text(self, this_start=False):
         logs = [super().log_text(this_start)]
-        for name in ("error.log", "qcimage.error.log", "qcimage.access.log"):
+        for name in ("error.log", "qcimage.error.log", "qcimage.access.log",
+                     "qcimage-lb.error.log", "qcimage-lb.access.log"):
             path = self.log_path.parent / name
             if path.exists():
                 logs.append(f"--- {name}\n{path.read_text(errors='replace')}")
@@ -352,11 +386,40 @@ def start_nginx(tmp, upstream_port, site_conf=NGINX_SITE_CONF, *, http_port=None
         Path(site_conf).read_text(), http_port=http_port, https_port=https_port,
         upstream=f"127.0.0.1:{upstream_port}", cache_dir=tmp / "cache", cert=cert, key=key,
         log_dir=tmp))
-    main = write_main_conf(tmp, rendered)
+    return _run_nginx(tmp, rendered, "127.0.0.1", http_port, https_port, cert, ready_status,
+                      timeout)
+
+
+def start_nginx_lb(tmp, boxes, *, host=None, ready_status=200, timeout=20.0):
+    """Run the shipped balancer config (nginx/qcimage-lb.conf) over ``boxes``.
+
+    ``host`` (a tools.netns host) runs nginx there, on its address; default loopback.
+    """
+    from tools.netns import LocalHost
+
+    host = host or LocalHost()
+    tmp = Path(tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    http_port, https_port = (free_port(), free_port()) if host.name == "local" else (80, 443)
+    cert, key = make_self_signed_cert(tmp, host.address)
+    rendered = tmp / "qcimage-lb.conf"
+    rendered.write_text(render_lb_conf(
+        NGINX_LB_CONF.read_text(), address=host.address, http_port=http_port,
+        https_port=https_port, boxes=boxes, cache_dir=tmp / "cache", cert=cert, key=key,
+        log_dir=tmp))
+    return _run_nginx(tmp, rendered, host.address, http_port, https_port, cert, ready_status,
+                      timeout, host=host)
+
+
+def _run_nginx(tmp, site_conf, address, http_port, https_port, cert, ready_status, timeout,
+               host=None):
+    main = write_main_conf(tmp, site_conf)
     argv = nginx_argv(tmp, main, "-g", "daemon off; master_process on;")
+    if host is not None:
+        argv = host.argv(argv)
     nginx = Nginx("nginx", argv, cwd=tmp, env=clean_env(), log_path=tmp / "nginx.out")
-    nginx.url = f"https://127.0.0.1:{https_port}"
-    nginx.http_url = f"http://127.0.0.1:{http_port}"
+    nginx.url = f"https://{address}:{https_port}"
+    nginx.http_url = f"http://{address}:{http_port}"
     nginx.ca_bundle = str(cert)
     try:
         wait_http(nginx.url + "/health", timeout, status=ready_status, process=nginx,

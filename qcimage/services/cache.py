@@ -15,9 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import diskcache
+
+if TYPE_CHECKING:
+    from ..config import CacheSettings
 
 log = logging.getLogger(__name__)
 
@@ -315,3 +318,15 @@ class LookupCache:
             return
         raw = json.dumps({"ids": ids, "at": self.clock()}).encode()
         self.store.set(_LOOKUP + key, raw, expire=self.ttl + self.stale_ttl)
+
+
+def open_store(cache: CacheSettings, default_dir: Path) -> tuple[Store, RedisStore | None]:
+    """The store the settings describe, and the shared Redis store in it if there is one.
+
+    The disk cache on its own, or in front of Redis so that several boxes share it.
+    """
+    store: Store = DiskStore(cache.dir or default_dir, cache.max_bytes)
+    if not cache.redis_url:
+        return store, None
+    shared = RedisStore(cache.redis_url)
+    return TieredStore(store, shared), shared

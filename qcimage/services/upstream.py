@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pybreaker
 import requests
@@ -19,6 +20,10 @@ from urllib3.util.retry import Retry
 from .. import metrics
 from ..vocabulary import IMAGE_ID
 from . import ServiceError
+
+if TYPE_CHECKING:
+    from ..config import UpstreamSettings
+    from .cache import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +176,19 @@ class DoppelClient:
         adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+
+    @classmethod
+    def from_settings(cls, upstream: UpstreamSettings, *,
+                      shared: RedisStore | None = None) -> DoppelClient:
+        """The client the settings describe; a shared store shares the circuit's state."""
+        return cls(upstream.url, connect_timeout=upstream.connect_timeout,
+                   read_timeout=upstream.read_timeout, lookup_deadline=upstream.lookup_timeout,
+                   image_deadline=upstream.image_timeout,
+                   max_image_bytes=upstream.max_source_bytes, retries=upstream.retries,
+                   breaker=make_breaker(fail_max=upstream.breaker_fail_max,
+                                        reset_timeout=upstream.breaker_reset_timeout,
+                                        redis_client=shared and shared.client,
+                                        redis_cluster=bool(shared and shared.is_cluster)))
 
     def circuit_state(self) -> str:
         """``closed``, ``open`` or ``half-open``.

@@ -44,8 +44,8 @@ def test_a_stray_env_file_does_not_turn_production_into_development(
     app = create_app()
     settings = app.extensions["qcimage"].settings
     assert settings.env == "production"
-    assert settings.watermark[0].opacity == 0.7
-    assert settings.image_limit == "300 per 15 minutes"
+    assert settings.watermark.layers[0].opacity == 0.7
+    assert settings.limits.image == "300 per 15 minutes"
     client = app.test_client()
     metrics = client.get("/metrics", environ_base={"REMOTE_ADDR": "203.0.113.9"})
     assert metrics.status_code == 403
@@ -56,13 +56,13 @@ def test_the_env_file_is_read_when_the_real_environment_says_development(
     real_environment(QCIMAGE_ENV="development", QCIMAGE_CACHE_DIR=str(tmp_path / "cache"))
     settings = create_app().extensions["qcimage"].settings
     assert settings.env == "development"
-    assert settings.watermark[0].opacity == 0.05
+    assert settings.watermark.layers[0].opacity == 0.05
 
 
 def test_the_env_file_cannot_override_the_real_environment(real_environment, tmp_path):
     real_environment(QCIMAGE_ENV="development", QCIMAGE_CACHE_DIR=str(tmp_path / "cache"),
                      QCIMAGE_WATERMARK_OPACITY="0.9")
-    assert create_app().extensions["qcimage"].settings.watermark[0].opacity == 0.9
+    assert create_app().extensions["qcimage"].settings.watermark.layers[0].opacity == 0.9
 
 
 FORGED = "2026-12-02 09:00:00,000 INFO    qcimage.access 1 [x] GET /admin 200 forged"

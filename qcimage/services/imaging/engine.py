@@ -1,6 +1,9 @@
 """ImagingEngine: decode a probed source, fit it, watermark it, and encode it."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from wand.color import Color
 from wand.exceptions import (
@@ -19,6 +22,9 @@ from qcimage.services.imaging.probe import Probe, output_format, probe
 from qcimage.services.imaging.overlays import WatermarkPainter
 from qcimage.services.imaging.watermark import Watermark
 from qcimage.vocabulary import OUTPUT_FORMATS
+
+if TYPE_CHECKING:
+    from qcimage.config import ImagingSettings
 
 # Fast settings that still compress well. PNG ignores the quality: zlib level 3 with
 # adaptive filtering is most of the size of level 9 for a fraction of the time.
@@ -70,6 +76,11 @@ class ImagingEngine:
         self.max_source_pixels = max_source_pixels
         self.resize_filter = resize_filter
         self._painter = WatermarkPainter(watermark)
+
+    @classmethod
+    def from_settings(cls, watermark: Watermark, imaging: ImagingSettings) -> ImagingEngine:
+        return cls(watermark, max_source_pixels=imaging.max_source_pixels,
+                   resize_filter=imaging.resize_filter, webp_method=imaging.webp_method)
 
     def check_watermark(self) -> None:
         """Draw every layer once on a small canvas; WatermarkError if any cannot be drawn."""
