@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .services.cache import Store
     from .services.pipeline import Brand, ImageRenderer, ProductLookup
     from .services.signing import Signer
+    from .services.takedown import TakedownList
     from .services.upstream import DoppelClient
 
 __all__ = ["create_app", "ConfigError", "current_services", "pin_tenants_file", "startup_report"]
@@ -38,6 +39,7 @@ class Services:
     renderer: ImageRenderer
     client: DoppelClient
     store: Store
+    takedowns: TakedownList
 
 
 def current_services() -> Services:
@@ -75,7 +77,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
     app.extensions["qcimage"] = build_services(settings, Path(app.instance_path))
     register_extensions(app, settings)
-    register_blueprints(app)
+    register_blueprints(app, settings)
     register_errorhandlers(app)
     register_commands(app)
     if settings.demo_secrets:
@@ -83,8 +85,10 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     return app
 
 
-def default_cache_dir(instance_path: str) -> Path:
-    """The cache folder when ``QCIMAGE_CACHE_DIR`` is unset."""
+def default_cache_dir(instance_path: str | None = None) -> Path:
+    """The cache folder when ``QCIMAGE_CACHE_DIR`` is unset (the app's instance path's)."""
+    if instance_path is None:
+        instance_path = Flask(__name__, instance_relative_config=True).instance_path
     return Path(instance_path) / "cache"
 
 
@@ -94,10 +98,9 @@ def startup_report(workers: int = 1) -> str | None:
     For the gunicorn master, which checks once before forking ``workers`` workers: it
     reads what create_app reads and builds nothing (no ImageMagick in the master).
     """
-    instance_path = Flask(__name__, instance_relative_config=True).instance_path
     environ = _environment(None)
     try:
-        settings = load_settings(environ, default_cache_dir=default_cache_dir(instance_path))
+        settings = load_settings(environ, default_cache_dir=default_cache_dir())
     except ConfigError as error:
         problems = error.problems
     else:
@@ -190,6 +193,7 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.imaging.engine import ImagingEngine
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
+    from .services.takedown import open_takedown_list
     from .services.upstream import DoppelClient
 
     brands = build_brands(settings)
@@ -197,21 +201,24 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     first = settings.tenants.get(None) or next(iter(settings.tenants.by_name.values()))
     engine = ImagingEngine.from_settings(first.watermark, settings.imaging)
     cache = settings.cache
-    store, shared = open_store(cache, default_cache_dir(str(instance_path)))
+    default_dir = default_cache_dir(str(instance_path))
+    store, shared = open_store(cache, default_dir)
+    takedowns = open_takedown_list(cache, cache.dir or default_dir, store, shared)
     client = DoppelClient.from_settings(settings.upstream, shared=shared)
     upstream = settings.upstream
     return Services(
         settings=settings,
         brands=brands,
         signer=Signer(settings.signing_keys),
-        lookup=ProductLookup(client, LookupCache(store, ttl=cache.lookup_ttl)),
+        lookup=ProductLookup(client, LookupCache(store, ttl=cache.lookup_ttl), takedowns),
         renderer=ImageRenderer(
             client, RenderCache(store, wait_timeout=cache.render_wait_timeout), engine,
             source=SourcePolicy(upstream.source_width, upstream.source_format,
                                 upstream.source_quality),
-            watermark_fingerprint=brands[first.name].fingerprint),
+            watermark_fingerprint=brands[first.name].fingerprint, takedowns=takedowns),
         client=client,
         store=store,
+        takedowns=takedowns,
     )
 
 
@@ -239,13 +246,15 @@ def register_extensions(app: Flask, settings: Settings) -> None:
     limiter.init_app(app)
 
 
-def register_blueprints(app: Flask) -> None:
-    from . import health, images, openapi, products
+def register_blueprints(app: Flask, settings: Settings) -> None:
+    from . import gallery, health, images, openapi, products
 
     app.register_blueprint(products.bp)
     app.register_blueprint(images.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    if settings.gallery:
+        app.register_blueprint(gallery.bp)
 
 
 def register_errorhandlers(app: Flask) -> None:
@@ -255,8 +264,9 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from .cli import keys_cli, secrets_cli, tenants_cli
+    from .cli import keys_cli, secrets_cli, takedown_cli, tenants_cli
 
     app.cli.add_command(keys_cli)
     app.cli.add_command(secrets_cli)
+    app.cli.add_command(takedown_cli)
     app.cli.add_command(tenants_cli)

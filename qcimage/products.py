@@ -1,4 +1,4 @@
-"""Blueprint for ``GET /api/qc-images``: a product's QC photos as signed image links."""
+"""Blueprint for the look-ups: ``/api/qc-images`` (signed image links), ``/api/links/resolve``."""
 
 from __future__ import annotations
 
@@ -10,14 +10,19 @@ from .auth import request_key, require_api_key
 from .errors import APIError
 from . import current_services
 from .extensions import client_ip, limiter
-from .schemas import PLATFORMS, ProductQuerySchema, ProductResponseSchema, load_query
+from .schemas import (LinkQuerySchema, LinkResponseSchema, ProductQuerySchema,
+                      ProductResponseSchema, load_query)
+from .services.links import resolve
 from .services.upstream import UpstreamNotFound
 from .tenants import Tenant
+from .vocabulary import PLATFORMS
 
 bp = Blueprint("products", __name__)
 bp.before_request(require_api_key)
 _query = ProductQuerySchema()
 _response = ProductResponseSchema()
+_link_query = LinkQuerySchema()
+_link_response = LinkResponseSchema()
 
 
 def _rate_limit_key() -> str:
@@ -33,7 +38,9 @@ def _rate_limit() -> str:
 
 
 # GET (and HEAD) only: CORS preflights must not spend the budget of the request they precede.
-limiter.limit(_rate_limit, key_func=_rate_limit_key, methods=["GET", "HEAD"])(bp)
+# One budget per tenant and key for the whole blueprint: link resolutions count as look-ups.
+limiter.shared_limit(_rate_limit, scope="lookup", key_func=_rate_limit_key,
+                     methods=["GET", "HEAD"])(bp)
 
 
 def link_maker(tenant: Tenant, quality: int, fmt: str):
@@ -75,7 +82,11 @@ def qc_images():
     tenant = g.tenant
     args = _with_tenant_defaults(load_query(_query, request.args), tenant)
     services = current_services()
-    product, platform = args["id"], args["storePlatform"]
+    if "link" in args:
+        resolved = resolve(args["link"])
+        product, platform = resolved.product_id, resolved.platform
+    else:
+        product, platform = args["id"], args["storePlatform"]
     try:
         ids, g.cache_status = services.lookup.image_ids(product, platform, tenant.name)
     except UpstreamNotFound:
@@ -98,10 +109,18 @@ def qc_images():
             image["width"], image["height"] = size
         images.append(image)
     body = _response.dump({
-        "success": True, "productId": args["id"], "storePlatform": args["storePlatform"],
+        "success": True, "productId": product, "storePlatform": platform,
         "totalImages": len(images), "images": images})
     headers = {"Cache-Control": "private, no-store"}
     if g.cache_status == "stale":
         headers["X-Stale"] = "1"
         headers["Warning"] = '110 qcimage "Response is stale"'
     return body, 200, headers
+
+
+@bp.get("/api/links/resolve")
+def resolve_link():
+    resolved = resolve(load_query(_link_query, request.args)["link"])
+    body = _link_response.dump({"success": True, "storePlatform": resolved.platform,
+                                "productId": resolved.product_id})
+    return body, 200, {"Cache-Control": "private, no-store"}
