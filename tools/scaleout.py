@@ -139,7 +139,9 @@ class Farm:
             "QCIMAGE_PUBLIC_URL": f"https://{self.lab['lb'].address}",
             "QCIMAGE_UPSTREAM_URL": self.upstream.url,
             "QCIMAGE_TRUSTED_PROXIES": "1",
-            "QCIMAGE_FORWARDED_ALLOW_IPS": self.lab["lb"].address,
+            # The balancer, and this machine when a test asks a box directly as the
+            # balancer would (box_get).
+            "QCIMAGE_FORWARDED_ALLOW_IPS": f"{self.lab['lb'].address},{self.lab.client_address}",
             "QCIMAGE_METRICS_ALLOW": "*",
             "QCIMAGE_LOOKUP_RATE_LIMIT": f"{LOOKUP_LIMIT} per {LOOKUP_WINDOW}",
             "QCIMAGE_IMAGE_RATE_LIMIT": "100000 per minute",
