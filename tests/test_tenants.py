@@ -249,3 +249,41 @@ def test_referrers_allow_listed_hosts_and_pages_that_send_none(tenants_env, refe
         referrers = ["shop-a.example", "*.shop-b.example"]
         """)
     assert load_settings(env).tenants.get("shop-a").allows_referrer(referer) is allowed
+
+
+@pytest.fixture
+def master_env(monkeypatch, tenants_env):
+    """The gunicorn master's view: the real environment, snapshot unset."""
+    def use(text: str) -> None:
+        for name, value in tenants_env(text).items():
+            monkeypatch.setenv(name, value)
+    # Recorded as unset, so what pin_tenants_file() pins is removed after the test.
+    monkeypatch.setenv("QCIMAGE_TENANTS_SNAPSHOT", "")
+    monkeypatch.delenv("QCIMAGE_TENANTS_SNAPSHOT")
+    return use
+
+
+def test_the_master_refuses_to_start_naming_tenant_and_field(master_env):
+    from qcimage import startup_report
+
+    master_env(f'[tenants.shop-a]\napi_keys = ["{HASH_A}"]\nreferrers = ["a b"]\n')
+    report = startup_report(workers=1)
+    assert report.startswith("qcimage cannot start (QCIMAGE_ENV=production): 1 problem(s)")
+    assert "tenant 'shop-a', field 'referrers': must be a list of host names" in report
+
+
+def test_the_master_pins_a_valid_file_and_keeps_it_when_the_next_is_broken(master_env):
+    import os
+
+    from qcimage import pin_tenants_file
+
+    good = f'[tenants.shop-a]\napi_keys = ["{HASH_A}"]\n'
+    master_env(good)
+    assert pin_tenants_file() == []
+    assert os.environ["QCIMAGE_TENANTS_SNAPSHOT"] == good
+    master_env(good + "watermark = { position = 'nowhere' }\n")
+    problems = pin_tenants_file()
+    assert any("field 'watermark.position'" in problem for problem in problems)
+    assert os.environ["QCIMAGE_TENANTS_SNAPSHOT"] == good
+    # A worker started now reads the pinned text, not the broken file.
+    assert list(load_settings(os.environ).tenants.by_name) == ["shop-a"]
