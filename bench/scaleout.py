@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def _farm_processes(farm: Farm) -> list[ManagedProcess]:
 def _miss_paths(farm: Farm, count: int) -> list[str]:
     """``count`` image links nobody asked for yet (fresh widths), via look-ups."""
     paths: list[str] = []
-    width = 2000
+    width = 1200  # typical page widths, down from the largest 1x layout
     while len(paths) < count:
         for product in CATALOGUE:
             body = farm.look_up("exact6", product, width=width).json()
@@ -77,7 +78,7 @@ def _miss_paths(farm: Farm, count: int) -> list[str]:
 
 def _misses(farm: Farm, paths: list[str], seconds: float) -> dict:
     """Fresh images, CONNECTIONS at a time, for ``seconds``: completed renders per second."""
-    pending, lock, done, errors = iter(paths), threading.Lock(), [], []
+    pending, lock, done, errors = iter(paths), threading.Lock(), [], Counter()
     deadline = time.monotonic() + seconds
 
     def client():
@@ -87,14 +88,18 @@ def _misses(farm: Farm, paths: list[str], seconds: float) -> dict:
             if path is None:
                 return
             response = farm.get(path)
-            (done if response.status_code == 200 else errors).append(response.status_code)
+            if response.status_code == 200:
+                done.append(path)
+            else:
+                errors[f"{response.status_code} {response.json().get('error')}"] += 1
 
     started, cpu = time.monotonic(), _cpu_seconds(_farm_processes(farm))
     with ThreadPoolExecutor(CONNECTIONS) as pool:
         for _ in range(CONNECTIONS):
             pool.submit(client)
     elapsed = time.monotonic() - started
-    return {"rps": len(done) / elapsed, "errors": len(errors),
+    return {"rps": len(done) / elapsed, "errors": sum(errors.values()),
+            "error_kinds": dict(errors),
             "cpu_s": _cpu_seconds(_farm_processes(farm)) - cpu, "requests": len(done),
             "seconds": elapsed}
 
@@ -111,14 +116,14 @@ def _hits(farm: Farm, paths: list[str], seconds: float) -> dict:
 def box_rows(farm: Farm, seconds: float) -> list[dict]:
     """Misses and hits through the balancer over the first 1, 2, 3 boxes."""
     hit_paths = Load(farm).warm().hit_urls
-    misses = _miss_paths(farm, 4000)
+    misses = _miss_paths(farm, 900)
     rows = []
     for count in range(1, len(farm.box_names) + 1):
         farm.balance(farm.box_names[:count], image_cache=False)
         for path in hit_paths:  # every box that now owns a hit has it on disk
             farm.get(path)
         miss = _misses(farm, misses, seconds)
-        misses = misses[miss["requests"] + miss["errors"] + CONNECTIONS:]
+        misses = misses[miss["requests"] + miss["errors"]:]
         hit = _hits(farm, hit_paths, seconds)
         rows.append({"boxes": count, "miss": miss, "hit": hit})
     farm.balance(farm.box_names)
@@ -149,13 +154,18 @@ def _fault_row(what: str, report) -> dict:
             "kinds": dict(report.by_kind())}
 
 
+def _load_average() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def measure(tmp: Path, *, seconds: float = 8.0, fault_seconds: float = 30.0) -> dict:
+    load_before = _load_average()
     farm = Farm(tmp, redis=("sentinel", "cluster"),
                 extra_env={"QCIMAGE_LOOKUP_RATE_LIMIT": "100000 per minute"})
     try:
         return {"boxes": box_rows(farm, seconds), "faults": fault_rows(farm, fault_seconds),
                 "seconds": seconds, "fault_seconds": fault_seconds,
-                "workers": farm.workers}
+                "workers": farm.workers, "load": f"{load_before} / {_load_average()}"}
     finally:
         farm.close()
 
@@ -173,6 +183,9 @@ def markdown(result: dict) -> str:
             cells += [num(m["rps"]), num(cores, 2), num(per_core),
                       f"{100 * per_core / base[kind]:.0f} %", m["errors"]]
         rows.append(cells)
+    kinds = Counter()
+    for row in result["boxes"]:
+        kinds.update(row["miss"]["error_kinds"])
     faults = [[f["fault"], f["requests"], num(f["seconds"], 0), f["failed"], f["5xx"]]
               for f in result["faults"]]
     return "\n".join([
@@ -183,7 +196,9 @@ def markdown(result: dict) -> str:
         f"{CONNECTIONS} connections, {result['seconds']:g} s per row. The boxes share the "
         "same cores, so the speed-up is not the point: *per core* is requests per "
         "CPU-second of the whole farm (boxes, balancer, upstream stand-in, Redis), and "
-        "*kept* is that against one box.",
+        "*kept* is that against one box. Load average (1 min) before / after: "
+        f"{result['load']} on {os.cpu_count()} cores: what the farm could get of them "
+        "shows in *cores busy*.",
         "",
         markdown_table(["boxes", "misses/s", "cores busy", "misses per core", "kept",
                         "errors", "hits/s", "cores busy", "hits per core", "kept",
@@ -195,6 +210,7 @@ def markdown(result: dict) -> str:
         "",
         markdown_table(["fault", "requests", "seconds", "failed", "5xx"], faults),
         "",
+        *([f"Miss errors by kind: {dict(kinds)}."] if kinds else []),
     ])
 
 
