@@ -14,7 +14,7 @@ from flask import Flask, current_app
 from .config import (DEFAULT_WATERMARK_FONT, PREFIX, TENANTS_SNAPSHOT, ConfigError, Settings,
                      load_settings, per_worker_limit_problems)
 from .services.redisconn import limiter_storage_options
-from .tenants import read_tenants_file
+from .tenantsfile import read_tenants_file
 
 if TYPE_CHECKING:
     from .services.cache import Store
