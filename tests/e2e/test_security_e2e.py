@@ -67,3 +67,17 @@ def test_a_partial_source_is_502_never_cached_and_fetched_afresh(qcimage_server,
     second = requests.get(server.url + path, timeout=30)
     assert second.status_code == 200 and second.headers["X-Cache"] == "MISS"
     assert upstream.stats()["images"]["n4EYdIoE"] == 2
+
+
+def test_only_the_canonical_image_url_is_served_by_gunicorn(qcimage_server):
+    key = secrets.token_urlsafe(32)
+    server = qcimage_server(workers=1, QCIMAGE_SIGNING_KEYS=key)
+    canonical = signed(base(url="n4EYdIoE", width="480"), key=key)
+    query = canonical.split("?", 1)[1]
+    status, body = get_from("127.0.0.1", server, canonical, {})
+    assert status == 200, body[:200]
+    for path in (f"//api/image?{query}", f"/api/%69mage?{query}", f"{canonical}&",
+                 canonical.replace("url=n", "url=%6E")):
+        status, body = get_from("127.0.0.1", server, path, {})
+        assert status == 400, (path, status, body[:200])
+        assert canonical in json.loads(body)["message"], body
