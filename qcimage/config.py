@@ -73,6 +73,8 @@ class CacheSettings:
     redis_required: bool
     lookup_ttl: int
     render_wait_timeout: float
+    takedown_refresh: float  # seconds a worker may go without checking the takedown list
+    shared_cache_ttl: int  # seconds nginx and CDNs may keep an image without asking
 
 
 @dataclass(frozen=True)
@@ -186,8 +188,23 @@ def read_cache(reader: EnvReader, directory: Path | None) -> CacheSettings:
         redis_required=reader.bool("REDIS_REQUIRED", False),
         lookup_ttl=reader.int("LOOKUP_CACHE_TTL", 300, 0, 86400),
         render_wait_timeout=reader.float("RENDER_WAIT_TIMEOUT", 10.0, 0.1, 120),
+        # A takedown is in force on every worker within this (DESIGN §7: within 5 s).
+        takedown_refresh=reader.float("TAKEDOWN_REFRESH", 2.0, 0.0, 5.0),
+        # A takedown reaches nginx within this, a CDN in front of it within twice this:
+        # at most 10 minutes in all (DESIGN §7).
+        shared_cache_ttl=reader.int("SHARED_CACHE_TTL", 240, 0, 300),
     )
     _check_redis_url(reader, "REDIS_URL", cache.redis_url)
+    return cache
+
+
+def load_cache_settings(environ: Mapping[str, str], *,
+                        default_cache_dir: Path | None = None) -> CacheSettings:
+    """The cache group alone (all ``qcimage takedown`` needs: no secrets required)."""
+    reader = EnvReader(environ)
+    cache = read_cache(reader, reader.path("CACHE_DIR", default_cache_dir))
+    if reader.errors:
+        raise ConfigError(reader.errors)
     return cache
 
 
