@@ -11,18 +11,19 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 
-from .config import (DEFAULT_WATERMARK_FONT, ConfigError, Settings, load_settings,
-                     per_worker_limit_problems)
+from .config import (DEFAULT_WATERMARK_FONT, PREFIX, TENANTS_SNAPSHOT, ConfigError, Settings,
+                     load_settings, per_worker_limit_problems)
 from .services.redisconn import limiter_storage_options
+from .tenants import read_tenants_file
 
 if TYPE_CHECKING:
     from .services.cache import Store
-    from .services.pipeline import ImageRenderer, ProductLookup
+    from .services.pipeline import Brand, ImageRenderer, ProductLookup
     from .services.signing import Signer
     from .services.takedown import TakedownList
     from .services.upstream import DoppelClient
 
-__all__ = ["create_app", "ConfigError", "current_services", "startup_report"]
+__all__ = ["create_app", "ConfigError", "current_services", "pin_tenants_file", "startup_report"]
 log = logging.getLogger(__name__)
 
 
@@ -31,6 +32,7 @@ class Services:
     """What the views use, built once per process from the settings."""
 
     settings: Settings
+    brands: dict[str, Brand]          # tenant name -> its watermark as rendered
     signer: Signer
     lookup: ProductLookup
     renderer: ImageRenderer
@@ -117,11 +119,33 @@ def startup_report(workers: int = 1) -> str | None:
     return "\n".join(lines)
 
 
+def pin_tenants_file() -> list[str]:
+    """For the gunicorn master, at start and on HUP: validate the tenants file and pin its
+    text for the workers forked from now on. Returns the file's problems ([] when pinned);
+    with problems the previous pin stays, so new workers keep serving the last good file.
+    """
+    environ = _environment(None)
+    path = environ.get(PREFIX + "TENANTS_FILE", "").strip()
+    if not path:
+        return []
+    problems: list[str] = []
+    text = read_tenants_file(Path(path), problems)
+    if text is None:
+        return problems
+    try:
+        load_settings({**environ, TENANTS_SNAPSHOT: text}, only_tenants=True)
+    except ConfigError as error:
+        return error.problems
+    os.environ[TENANTS_SNAPSHOT] = text
+    return []
+
+
 def _unreadable_watermark_files(settings: Settings) -> list[str]:
     # Each worker checks the files with ImageMagick too; a missing one is the common case
     # (no fonts-dejavu-core) and is said here once instead of in a traceback per worker.
     problems = []
-    for layer in settings.watermark.layers:
+    # With a tenants file, its fonts and logos were checked with it.
+    for layer in () if settings.tenants_file else settings.watermark.layers:
         name, path = ("WATERMARK_LOGOS", layer.logo) if layer.logo else ("WATERMARK_FONT",
                                                                          layer.font)
         if not (path.is_file() and os.access(path, os.R_OK)):
@@ -146,6 +170,25 @@ def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
     return environ
 
 
+def build_brands(settings: Settings) -> dict[str, Brand]:
+    """Each tenant's watermark, drawn once on a canvas: a missing font or logo stops the
+    worker from booting instead of failing each image. Tenants with the same watermark
+    share one painter, and so its overlays."""
+    from .services.imaging.overlays import WatermarkPainter
+    from .services.imaging.watermark import Watermark
+    from .services.pipeline import Brand
+
+    painters: dict[Watermark, tuple[WatermarkPainter, str]] = {}
+    brands = {}
+    for name, tenant in settings.tenants.by_name.items():
+        if tenant.watermark not in painters:
+            painter = WatermarkPainter(tenant.watermark)
+            painter.check()
+            painters[tenant.watermark] = (painter, tenant.watermark.fingerprint())
+        brands[name] = Brand(name, *painters[tenant.watermark])
+    return brands
+
+
 def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.cache import LookupCache, RenderCache, open_store
     from .services.imaging.engine import ImagingEngine
@@ -154,9 +197,10 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.takedown import open_takedown_list
     from .services.upstream import DoppelClient
 
-    engine = ImagingEngine.from_settings(settings.watermark, settings.imaging)
-    # A missing font or logo stops the worker from booting instead of failing each image.
-    engine.check_watermark()
+    brands = build_brands(settings)
+    # The engine's own watermark (for jobs naming no tenant): `default`'s, else the first's.
+    first = settings.tenants.get(None) or next(iter(settings.tenants.by_name.values()))
+    engine = ImagingEngine.from_settings(first.watermark, settings.imaging)
     cache = settings.cache
     default_dir = default_cache_dir(str(instance_path))
     store, shared = open_store(cache, default_dir)
@@ -165,13 +209,14 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     upstream = settings.upstream
     return Services(
         settings=settings,
+        brands=brands,
         signer=Signer(settings.signing_keys),
         lookup=ProductLookup(client, LookupCache(store, ttl=cache.lookup_ttl), takedowns),
         renderer=ImageRenderer(
             client, RenderCache(store, wait_timeout=cache.render_wait_timeout), engine,
             source=SourcePolicy(upstream.source_width, upstream.source_format,
                                 upstream.source_quality),
-            watermark_fingerprint=settings.watermark.fingerprint(), takedowns=takedowns),
+            watermark_fingerprint=brands[first.name].fingerprint, takedowns=takedowns),
         client=client,
         store=store,
         takedowns=takedowns,
@@ -179,7 +224,7 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
 
 
 def register_extensions(app: Flask, settings: Settings) -> None:
-    from .extensions import cors, limiter, talisman
+    from .extensions import cors, limiter, talisman, tenant_cors_only
 
     talisman.init_app(
         app,
@@ -192,7 +237,9 @@ def register_extensions(app: Flask, settings: Settings) -> None:
         referrer_policy="no-referrer",
         session_cookie_secure=settings.is_production,
     )
-    cors.init_app(app, resources={r"/api/*": {"origins": list(settings.cors_origins)}},
+    # Registered before Flask-CORS, so it runs after it (after_request runs in reverse).
+    app.after_request(tenant_cors_only)
+    cors.init_app(app, resources={r"/api/*": {"origins": list(settings.tenants.cors_origins)}},
                   methods=["GET", "HEAD", "OPTIONS"],
                   allow_headers=["X-API-Key", "Authorization", "If-None-Match", "X-Request-ID"],
                   expose_headers=["X-Request-ID", "ETag", "Retry-After", "X-Cache"],
@@ -218,8 +265,9 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from .cli import keys_cli, secrets_cli, takedown_cli
+    from .cli import keys_cli, secrets_cli, takedown_cli, tenants_cli
 
     app.cli.add_command(keys_cli)
     app.cli.add_command(secrets_cli)
     app.cli.add_command(takedown_cli)
+    app.cli.add_command(tenants_cli)
