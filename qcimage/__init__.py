@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import (DEFAULT_WATERMARK_FONT, ConfigError, Settings, load_settings,
                      per_worker_limit_problems)
@@ -71,8 +70,10 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     configure_logging(app, settings.logging.format)
     # Before everything else reads remote_addr / scheme: trust only configured proxies.
     if settings.trusted_proxies:
-        n = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
+        from .proxies import TrustedProxyFix
+
+        app.wsgi_app = TrustedProxyFix(app.wsgi_app, hops=settings.trusted_proxies,
+                                       allowed=settings.forwarded_allow)
     app.extensions["qcimage"] = build_services(settings, Path(app.instance_path))
     register_extensions(app, settings)
     register_blueprints(app, settings)

@@ -23,7 +23,9 @@ if TYPE_CHECKING:  # the engine loads ImageMagick; the pipeline only holds one
 log = logging.getLogger(__name__)
 
 # Bump when the pipeline changes its output for the same inputs: old renders go stale.
-PIPELINE_VERSION = "1"
+# 2: cut or corrupt sources are refused (502) instead of rendered with grey rows, so a
+# render cached before may be such a partial image.
+PIPELINE_VERSION = "2"
 # Doppel's originals are at most this wide; asking for more only costs bytes.
 MAX_SOURCE_WIDTH = 5000
 
