@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -193,8 +194,8 @@ class TakedownList:
     ``purge(image_id)`` runs once for each id that appears in the list, so every box drops
     its own cached copies. While the store cannot be reached the last copy stays in force.
     When the list was lost (Redis restarted, or evicted it) the worker puts back what it
-    knew, so nothing taken down comes back; a worker starting then knows the box's
-    snapshot, written at every change it saw.
+    knew, so nothing taken down comes back. A worker starts from the box's snapshot,
+    written after every change a worker saw (and purged): the ids in it need no purge.
     """
 
     def __init__(self, store: TakedownStore, *, refresh: float, purge: Callable[[str], object],
@@ -210,6 +211,7 @@ class TakedownList:
         self._checked_at: float | None = None
         self._loaded = False
         self._unreachable = False
+        self._lock = threading.Lock()
 
     def check(self, image_id: str) -> None:
         """Raise TakenDown when ``image_id`` is on the list."""
@@ -222,14 +224,28 @@ class TakedownList:
         return [image_id for image_id in image_ids if image_id not in removed]
 
     def current(self) -> frozenset[str]:
-        now = self.clock()
-        if self._checked_at is None:
-            self._stamp, records = self._read_snapshot()
-            self._replace(records)
-        if self._checked_at is None or now - self._checked_at >= self.refresh:
-            self._checked_at = now
-            self._reload()
+        if self._due():
+            # One thread reads the store; the others go on with the copy they have (or,
+            # before the first copy, wait for it).
+            if self._lock.acquire(blocking=self._checked_at is None):
+                try:
+                    if self._due():
+                        self._refresh()
+                finally:
+                    self._lock.release()
         return self._ids
+
+    def _due(self) -> bool:
+        return self._checked_at is None or self.clock() - self._checked_at >= self.refresh
+
+    def _refresh(self) -> None:
+        started = self.clock()
+        if self._checked_at is None:
+            self._stamp, self._records = self._read_snapshot()
+            self._ids = frozenset(self._records)
+        self._reload()
+        # Only now: until the first copy is read, every thread waits for it.
+        self._checked_at = started
 
     def _reload(self) -> None:
         try:
@@ -296,12 +312,12 @@ def open_takedown_list(cache: CacheSettings, directory: Path, store: Store,
                        shared: RedisStore | None) -> TakedownList:
     """A worker's copy of the list, purging from ``store``; ``directory``: the cache folder.
 
-    With Redis, the box keeps a snapshot of the list: a worker starting while Redis is
-    down still refuses what was taken down.
+    The box's snapshot lets a worker start without purging what the box already purged,
+    and, with Redis, refuse what was taken down even while Redis is down or has lost it.
     """
     return TakedownList(open_takedowns(directory, shared, cache.redis_url),
                         refresh=cache.takedown_refresh, purge=store.purge,
-                        snapshot=directory / SNAPSHOT_FILE if shared else None)
+                        snapshot=directory / SNAPSHOT_FILE)
 
 
 def open_takedowns(cache_dir: Path, shared: RedisStore | None = None,

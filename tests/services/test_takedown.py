@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 import redis
@@ -124,11 +126,50 @@ def test_a_worker_starting_while_redis_is_down_reads_the_boxs_snapshot(tmp_path)
     TakedownList(store, refresh=0, purge=lambda image_id: None, snapshot=snapshot).check("x")
     assert json.loads(snapshot.read_text())["records"] == [
         {"image_id": "abc", "reason": "privacy", "at": 1_700_000_000.5}]
-    purged = []
-    late = TakedownList(Unreachable(), refresh=0, purge=purged.append, snapshot=snapshot)
+    late = TakedownList(Unreachable(), refresh=0, purge=lambda image_id: None,
+                        snapshot=snapshot)
     with pytest.raises(TakenDown):
         late.check("abc")
-    assert purged == ["abc"]
+
+
+def test_a_worker_starting_purges_only_what_the_box_has_not_purged_yet(tmp_path):
+    snapshot = tmp_path / "takedowns-snapshot.json"
+    store = DiskTakedowns(tmp_path / "list")
+    store.add(record("old"))
+    first = []
+    TakedownList(store, refresh=0, purge=first.append, snapshot=snapshot).check("x")
+    store.add(record("new"))  # while no worker of this box was looking
+    later = []
+    TakedownList(store, refresh=0, purge=later.append, snapshot=snapshot).check("x")
+    assert (first, later) == (["old"], ["new"])
+
+
+def test_threads_of_a_worker_wait_for_its_first_copy_and_read_the_store_once(tmp_path):
+    store, clock = DiskTakedowns(tmp_path), FakeClock()
+    store.add(record("abc"))
+    loads, refused = [], []
+    real_load = store.load
+
+    def slow_load():
+        loads.append(1)
+        time.sleep(0.1)
+        return real_load()
+
+    store.load = slow_load
+    worker = TakedownList(store, refresh=2.0, purge=lambda image_id: None, clock=clock)
+
+    def request():
+        try:
+            worker.check("abc")
+        except TakenDown:
+            refused.append(1)
+
+    threads = [threading.Thread(target=request) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (len(loads), len(refused)) == (1, 8)
 
 
 @pytest.fixture
