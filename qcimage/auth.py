@@ -7,8 +7,9 @@ import secrets
 
 from flask import g, request
 
-from .keys import hash_api_key
 from .errors import APIError
+from .keys import hash_api_key
+from .wiring import current_services
 
 # Names people try to pass keys under. Refused loudly: query strings end up in logs.
 _QUERY_KEY_NAMES = frozenset({"apikey", "api_key", "api-key", "key", "token", "access_token",
@@ -48,8 +49,6 @@ def request_key_name() -> str | None:
     comparing against every configured key twice per request would be waste.
     """
     if "api_key_resolved" not in g:
-        from . import current_services
-
         key = presented_key()
         g.api_key_resolved = (key_name(key, current_services().settings.api_keys)
                               if key else None)

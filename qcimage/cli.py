@@ -13,7 +13,7 @@ import sys
 import click
 
 from .auth import new_api_key
-from .envreader import PREFIX
+from .envreader import PREFIX, environment
 from .keys import hash_api_key, new_signing_key
 
 _TENANTS_FILE = PREFIX + "TENANTS_FILE"
@@ -23,10 +23,8 @@ class _Configured:
     """A ``QCIMAGE_*`` list as the app would read it, and where it was found."""
 
     def __init__(self, name: str):
-        from . import _environment
-
         self.name = PREFIX + name
-        value = _environment(None).get(self.name)
+        value = environment().get(self.name)
         self.entries = [part.strip() for part in (value or "").split(",") if part.strip()]
         self.where = ("the environment" if os.environ.get(self.name) else
                       "./.env (read in development)" if value else None)

@@ -6,13 +6,13 @@ import time
 
 from flask import Blueprint, Response, g, request
 
-from . import current_services
 from .extensions import client_ip, limiter
 from .schemas import ImageQuerySchema, load_query
 from .services.imaging import RenderSpec
 from .services.pipeline import RenderJob
 from .services.signing import SIGNED_PARAMS
 from .vocabulary import OUTPUT_FORMATS
+from .wiring import current_services
 
 bp = Blueprint("images", __name__)
 _query = ImageQuerySchema()

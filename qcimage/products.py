@@ -6,15 +6,15 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, g, request
 
-from .auth import request_key_name, require_api_key
+from .auth import request_key_name
 from .errors import APIError
-from . import current_services
 from .extensions import client_ip, limiter
 from .schemas import PLATFORMS, ProductQuerySchema, ProductResponseSchema, load_query
 from .services.upstream import UpstreamNotFound
+from .wiring import current_services
 
+# Guarded by the API-key hook, attached where it is registered (create_app).
 bp = Blueprint("products", __name__)
-bp.before_request(require_api_key)
 _query = ProductQuerySchema()
 _response = ProductResponseSchema()
 

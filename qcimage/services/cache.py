@@ -140,9 +140,6 @@ class RedisStore:
     def delete(self, key: str) -> None:
         self._call(None, self.client.delete, self.prefix + key)
 
-    def close(self) -> None:
-        self.client.close()
-
 
 class TieredStore:
     """Local disk in front of a shared store: hits stay local, renders are shared."""

@@ -1,0 +1,70 @@
+"""The services each worker builds once from its settings, and how a view reaches them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flask import current_app
+
+from .config import Settings
+
+if TYPE_CHECKING:
+    from .services.cache import Store
+    from .services.pipeline import ImageRenderer, ProductLookup
+    from .services.signing import Signer
+    from .services.upstream import DoppelClient
+
+
+@dataclass
+class Services:
+    """What the views use, built once per process from the settings."""
+
+    settings: Settings
+    signer: Signer
+    lookup: ProductLookup
+    renderer: ImageRenderer
+    client: DoppelClient
+    store: Store
+
+
+def current_services() -> Services:
+    """The services of the app handling the current request."""
+    return current_app.extensions["qcimage"]
+
+
+def default_cache_dir(instance_path: str) -> Path:
+    """The cache folder when ``QCIMAGE_CACHE_DIR`` is unset."""
+    return Path(instance_path) / "cache"
+
+
+def build_services(settings: Settings, instance_path: Path) -> Services:
+    """Every service a worker needs, each built from its group of the settings."""
+    # Imported here, in the worker: the gunicorn master imports this package to check
+    # the configuration and must not load ImageMagick (or anything else) before forking.
+    from .services.cache import LookupCache, RenderCache, open_store
+    from .services.imaging.engine import ImagingEngine
+    from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
+    from .services.signing import Signer
+    from .services.upstream import DoppelClient
+
+    engine = ImagingEngine.from_settings(settings.watermark, settings.imaging)
+    # A missing font or logo stops the worker from booting instead of failing each image.
+    engine.check_watermark()
+    cache = settings.cache
+    store, shared = open_store(cache, default_cache_dir(str(instance_path)))
+    client = DoppelClient.from_settings(settings.upstream, shared=shared)
+    upstream = settings.upstream
+    return Services(
+        settings=settings,
+        signer=Signer(settings.signing_keys),
+        lookup=ProductLookup(client, LookupCache(store, ttl=cache.lookup_ttl)),
+        renderer=ImageRenderer(
+            client, RenderCache(store, wait_timeout=cache.render_wait_timeout), engine,
+            source=SourcePolicy(upstream.source_width, upstream.source_format,
+                                upstream.source_quality),
+            watermark_fingerprint=settings.watermark.fingerprint()),
+        client=client,
+        store=store,
+    )
