@@ -57,7 +57,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.extensions["qcimage"] = build_services(settings, Path(app.instance_path))
     register_extensions(app, settings)
     register_request_hooks(app)
-    register_blueprints(app)
+    register_blueprints(app, settings)
     register_error_handlers(app)
     register_commands(app)
     if settings.demo_secrets:
@@ -136,9 +136,9 @@ def register_request_hooks(app: Flask) -> None:
     app.teardown_request(end_in_flight)
 
 
-def register_blueprints(app: Flask) -> None:
+def register_blueprints(app: Flask, settings: Settings) -> None:
     """Each blueprint with its guard. Rate limits are declared in each blueprint's module."""
-    from . import health, images, openapi, products
+    from . import gallery, health, images, openapi, products
     from .auth import require_api_key
 
     # Server to server: an API key on every request (browsers never call it).
@@ -149,6 +149,10 @@ def register_blueprints(app: Flask) -> None:
     # Probes, metrics (their own address check) and the API's documentation: open.
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    # A page for people (development, or when asked for): it calls the API with a key
+    # the person types, so it needs no guard of its own.
+    if settings.gallery:
+        app.register_blueprint(gallery.bp)
 
 
 def _guard(app: Flask, bp, hook) -> None:

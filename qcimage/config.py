@@ -119,6 +119,7 @@ class Settings:
     limits: LimitSettings
     watermark: Watermark
     logging: LoggingSettings
+    gallery: bool                         # serve /gallery (a page for people)
     demo_secrets: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -361,6 +362,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         limits=read_limits(reader),
         watermark=Watermark(_parse_watermark(reader)),
         logging=read_logging(reader, env),
+        gallery=reader.bool("GALLERY", env == "development"),
         demo_secrets=demo,
     )
     # A slow upstream must end in our 504, never in gunicorn killing the worker: the

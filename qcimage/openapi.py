@@ -12,7 +12,8 @@ from marshmallow import Schema, fields, validate
 from swagger_ui_bundle import swagger_ui_path
 
 from .extensions import limiter, talisman
-from .schemas import ErrorSchema, ImageQuerySchema, ProductQuerySchema, ProductResponseSchema
+from .schemas import (ErrorSchema, ImageQuerySchema, LinkQuerySchema, LinkResponseSchema,
+                      ProductQuerySchema, ProductResponseSchema)
 from .vocabulary import OUTPUT_FORMATS
 
 bp = Blueprint("openapi", __name__)
@@ -36,7 +37,8 @@ DOCS_CSP = {
 DOCS_ASSETS = frozenset({"swagger-ui.css", "index.css", "swagger-ui-bundle.js",
                          "favicon-32x32.png", "favicon-16x16.png"})
 # Routes that are not API operations: Flask's static files and the docs page's assets.
-UNDOCUMENTED_ENDPOINTS = frozenset({"static", "openapi.asset", "openapi.docs_script"})
+UNDOCUMENTED_ENDPOINTS = frozenset({"static", "openapi.asset", "openapi.docs_script",
+                                    "gallery.static"})
 _EXTENSION_KEY = "qcimage.openapi"
 
 _SIGNED_URL = """\
@@ -53,7 +55,14 @@ URLs signed with an older key keep working for as long as that key stays configu
 The watermark is always applied; there is no way to turn it off. If it cannot be applied the
 request fails (5xx): an unwatermarked image is never served."""
 
+_LINK_NOTE = ("Resolved offline by parsing, never fetched: a Weidian, Taobao, Tmall or 1688 "
+              "item link, or a buying agent's link to one (the README lists the formats), "
+              "with whatever text was pasted around it. A short link (`m.tb.cn`, "
+              "`k.weidian.com`, …) or a page that is not an item is 400 `unsupported_link`.")
 _NOTES = {
+    ("/api/qc-images", "id"): "Send `id` (with `storePlatform`) or `link`, not both.",
+    ("/api/qc-images", "link"): "Instead of `id` and `storePlatform`. " + _LINK_NOTE,
+    ("/api/links/resolve", "link"): _LINK_NOTE,
     ("/api/qc-images", "storePlatform"): "Case-insensitive.",
     ("/api/qc-images", "format"): "Case-insensitive; `jpg` is an alias of `jpeg`. Written "
                                   "into the returned image URLs.",
@@ -67,7 +76,8 @@ _NOTES = {
 }
 
 _ERRORS = {
-    400: "Invalid, unknown or repeated parameter.",
+    400: "Invalid, unknown or repeated parameter; `unsupported_link`: a link that cannot be "
+         "resolved offline (the message says what to paste instead).",
     401: "API key missing.",
     403: "API key wrong.",
     404: "Not found.",
@@ -173,6 +183,23 @@ def _qc_images() -> dict:
     }
 
 
+def _resolve_link() -> dict:
+    return {
+        "summary": "A store or agent link to its platform and product id (no upstream call)",
+        "description": "Server to server, with the same API key as `/api/qc-images` and "
+                       "counted against the same per-key look-up limit.",
+        "operationId": "resolveLink",
+        "tags": ["products"],
+        "security": [{"apiKey": []}, {"bearer": []}],
+        "parameters": [{"in": "query", "schema": LinkQuerySchema}],
+        "responses": {
+            "200": _json("LinkResponse", "The item's platform and id.", headers=_rate_limited({
+                "Cache-Control": _header("`private, no-store`")})),
+            **_errors(400, 401, 403, 429, 500),
+        },
+    }
+
+
 def _image() -> dict:
     image_headers = {
         "ETag": _header("Strong validator: same parameters, same bytes."),
@@ -258,26 +285,41 @@ def _openapi_json() -> dict:
     }
 
 
-def _docs_page() -> dict:
+def _html_page(operation_id: str, summary: str, **extra) -> dict:
     return {
-        "summary": "This API's documentation, for people",
-        "operationId": "docs",
+        "summary": summary,
+        **extra,
+        "operationId": operation_id,
         "tags": ["operations"],
         "responses": {"200": {"description": "An HTML page.",
                               "content": {"text/html": {"schema": {"type": "string"}}}}},
     }
 
 
+def _docs_page() -> dict:
+    return _html_page("docs", "This API's documentation, for people")
+
+
+def _gallery_page() -> dict:
+    return _html_page("gallery", "A page for people: paste a link, see the photos, copy the "
+                                 "embed snippet",
+                      description="Served when `QCIMAGE_GALLERY` is on (the default in "
+                                  "development). The page calls this API with a key the "
+                                  "person types.")
+
+
 # Keyed by the url_map rule: a route the app does not have (say /metrics before it is
 # wired) is left out, and one missing here fails tests/test_openapi.py.
 OPERATIONS = {
     "/api/qc-images": _qc_images,
+    "/api/links/resolve": _resolve_link,
     "/api/image": _image,
     "/health": _health,
     "/health/ready": _ready,
     "/metrics": _metrics,
     "/api/openapi.json": _openapi_json,
     "/docs": _docs_page,
+    "/gallery": _gallery_page,
 }
 
 
@@ -304,6 +346,7 @@ def build_spec(app: Flask) -> dict:
                                            "required": True,
                                            "schema": {"type": "string", "pattern": "^[0-9]+$"}})
     for name, schema in (("Error", ErrorSchema), ("ProductResponse", ProductResponseSchema),
+                         ("LinkResponse", LinkResponseSchema),
                          ("Health", HealthSchema), ("Readiness", ReadinessSchema)):
         spec.components.schema(name, schema=schema)
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):

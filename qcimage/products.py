@@ -1,4 +1,4 @@
-"""Blueprint for ``GET /api/qc-images``: a product's QC photos as signed image links."""
+"""Blueprint for the look-ups: ``/api/qc-images`` (signed image links), ``/api/links/resolve``."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ from flask import Blueprint, g, request
 from .auth import request_key_name
 from .errors import APIError
 from .extensions import client_ip, limiter
-from .schemas import PLATFORMS, ProductQuerySchema, ProductResponseSchema, load_query
+from .schemas import (LinkQuerySchema, LinkResponseSchema, ProductQuerySchema,
+                      ProductResponseSchema, load_query)
+from .services.links import resolve
 from .services.upstream import UpstreamNotFound
+from .vocabulary import PLATFORMS
 from .wiring import current_services
 
 # Guarded by the API-key hook, attached where it is registered (create_app).
 bp = Blueprint("products", __name__)
 _query = ProductQuerySchema()
 _response = ProductResponseSchema()
+_link_query = LinkQuerySchema()
+_link_response = LinkResponseSchema()
 
 
 def _rate_limit_key() -> str:
@@ -27,8 +32,9 @@ def _rate_limit_key() -> str:
 
 
 # GET (and HEAD) only: CORS preflights must not spend the budget of the request they precede.
-limiter.limit(lambda: current_services().settings.limits.lookup, key_func=_rate_limit_key,
-              methods=["GET", "HEAD"])(bp)
+# One budget per key for the whole blueprint: link resolutions count as look-ups.
+limiter.shared_limit(lambda: current_services().settings.limits.lookup, scope="lookup",
+                     key_func=_rate_limit_key, methods=["GET", "HEAD"])(bp)
 
 
 def link_maker(quality: int, fmt: str):
@@ -59,7 +65,11 @@ def link_maker(quality: int, fmt: str):
 def qc_images():
     args = load_query(_query, request.args)
     services = current_services()
-    product, platform = args["id"], args["storePlatform"]
+    if "link" in args:
+        resolved = resolve(args["link"])
+        product, platform = resolved.product_id, resolved.platform
+    else:
+        product, platform = args["id"], args["storePlatform"]
     try:
         ids, g.cache_status = services.lookup.image_ids(product, platform)
     except UpstreamNotFound:
@@ -82,10 +92,18 @@ def qc_images():
             image["width"], image["height"] = size
         images.append(image)
     body = _response.dump({
-        "success": True, "productId": args["id"], "storePlatform": args["storePlatform"],
+        "success": True, "productId": product, "storePlatform": platform,
         "totalImages": len(images), "images": images})
     headers = {"Cache-Control": "private, no-store"}
     if g.cache_status == "stale":
         headers["X-Stale"] = "1"
         headers["Warning"] = '110 qcimage "Response is stale"'
     return body, 200, headers
+
+
+@bp.get("/api/links/resolve")
+def resolve_link():
+    resolved = resolve(load_query(_link_query, request.args)["link"])
+    body = _link_response.dump({"success": True, "storePlatform": resolved.platform,
+                                "productId": resolved.product_id})
+    return body, 200, {"Cache-Control": "private, no-store"}

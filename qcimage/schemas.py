@@ -10,10 +10,10 @@ from marshmallow import (RAISE, Schema, ValidationError, fields, post_load, pre_
 from werkzeug.datastructures import MultiDict
 
 from .errors import APIError
+from .services.links import MAX_LINK_LENGTH
 from .vocabulary import (DEFAULT_WIDTH, FORMAT_ALIASES, IMAGE_ID_PATTERN, MAX_WIDTH, MIN_WIDTH,
-                         PRODUCT_ID_PATTERN, REQUEST_FORMATS)
+                         PLATFORMS, PRODUCT_ID_PATTERN, REQUEST_FORMATS)
 
-PLATFORMS = ("WEIDIAN", "TAOBAO", "1688", "TMALL")
 # A look-up also takes the aliases, each listed after the format it stands for.
 _LOOKUP_FORMATS = tuple(name for fmt in REQUEST_FORMATS for name in
                         (fmt, *(alias for alias, to in FORMAT_ALIASES.items() if to == fmt)))
@@ -52,10 +52,19 @@ class QuerySchema(Schema):
         return data
 
 
+def _link(**kwargs) -> fields.String:
+    return fields.String(
+        validate=validate.Length(min=1, max=MAX_LINK_LENGTH),
+        metadata={"rule": "must be a store or buying-agent link to the item (at most "
+                          f"{MAX_LINK_LENGTH} characters)",
+                  "example": "https://weidian.com/item.html?itemID=7494645791"}, **kwargs)
+
+
 class ProductQuerySchema(QuerySchema):
-    id = fields.String(required=True, validate=validate.Regexp(PRODUCT_ID_PATTERN),
+    id = fields.String(validate=validate.Regexp(PRODUCT_ID_PATTERN),
                        metadata={"rule": "may only contain letters, digits, '_' and '-' "
                                          "(1-50 characters)", "example": "7494645791"})
+    link = _link()
     storePlatform = fields.String(
         load_default="WEIDIAN",
         metadata={"rule": "must be one of " + ", ".join(PLATFORMS), "enum": list(PLATFORMS)})
@@ -65,6 +74,21 @@ class ProductQuerySchema(QuerySchema):
         load_default="webp",
         metadata={"rule": "must be one of " + ", ".join(_LOOKUP_FORMATS),
                   "enum": list(_LOOKUP_FORMATS)})
+
+    @pre_load
+    def one_form(self, data, **kwargs):
+        # storePlatform has a default, so whether it was sent is only seen here.
+        if "link" not in data:
+            if "id" not in data:
+                raise ValidationError("id or link is required: send id (with storePlatform), "
+                                      "or link, the item's store or buying-agent link", "id")
+        elif "id" in data:
+            raise ValidationError("link replaces id and storePlatform: send one or the "
+                                  "other, not both", "link")
+        elif "storePlatform" in data:
+            raise ValidationError("storePlatform goes with id; a link names its platform "
+                                  "itself: send the link alone", "storePlatform")
+        return data
 
     @validates_schema
     def check_choices(self, data, **kwargs):
@@ -82,6 +106,10 @@ class ProductQuerySchema(QuerySchema):
         fmt = data["format"].lower()
         data["format"] = FORMAT_ALIASES.get(fmt, fmt)
         return data
+
+
+class LinkQuerySchema(QuerySchema):
+    link = _link(required=True)
 
 
 class ImageQuerySchema(QuerySchema):
@@ -130,6 +158,8 @@ def load_query(schema: Schema, args: MultiDict) -> dict:
             message = _unknown_parameter(name, list(schema.fields))
         elif messages[name] == ["Parameter given more than once."]:
             message = f"{name} given more than once"
+        elif messages[name][0].startswith(f"{name} "):
+            message = messages[name][0]  # written for people, naming the parameter
         elif messages[name] == [field.error_messages["required"]]:
             message = f"{name} is required"
         else:
@@ -154,6 +184,12 @@ class ProductResponseSchema(Schema):
     storePlatform = fields.String(required=True)
     totalImages = fields.Integer(required=True)
     images = fields.List(fields.Nested(ImageLinkSchema), required=True)
+
+
+class LinkResponseSchema(Schema):
+    success = fields.Boolean(required=True)
+    storePlatform = fields.String(required=True)
+    productId = fields.String(required=True)
 
 
 class ErrorSchema(Schema):

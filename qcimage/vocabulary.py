@@ -31,3 +31,6 @@ DEFAULT_WIDTH = 960
 PRODUCT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,50}\Z"
 IMAGE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}\Z"
 IMAGE_ID = re.compile(IMAGE_ID_PATTERN)
+
+# The marketplaces upstream indexes (`storePlatform`), as upstream spells them.
+PLATFORMS: tuple[str, ...] = ("WEIDIAN", "TAOBAO", "1688", "TMALL")

@@ -101,11 +101,33 @@ def _with_key(case, how: str):
     return case
 
 
+# The spec cannot say "exactly one of id or link", nor which text holds a link: a look-up
+# keeps one form, and whatever text was drawn for a link is pasted around a real one.
+LINKS = ("https://weidian.com/item.html?itemID=7494645791",
+         "https://www.sugargoo.com/#/home/productDetail?productLink=https%253A%252F%252F"
+         "item.taobao.com%252Fitem.htm%253Fid%253D684012345678",
+         "https://hoobuy.com/product/0/612345678901")
+
+
+def _one_form(case) -> None:
+    query = dict(case.query or {})
+    if "link" in query and query.get("link") is not None:
+        link = _pick(case, LINKS)
+        drawn = str(query["link"])
+        query["link"] = f"{drawn} {link}" if _pick(case, (True, False)) else f"{link} {drawn}"
+        query.pop("id", None)
+        query.pop("storePlatform", None)
+    elif case.operation.path == "/api/qc-images" and query.get("id") is None:
+        query["id"] = "7494645791"
+    case.query = query
+
+
 @schema.hook
 def map_case(context, case):
     if case.operation.path == "/api/image" and _pick(case, SIGN_CHOICES):
         case.query = sign(case.query or {})
-    elif case.operation.path == "/api/qc-images":
+    elif case.operation.path in ("/api/qc-images", "/api/links/resolve"):
+        _one_form(case)
         case = _with_key(case, _pick(case, KEY_CHOICES))
     return case
 

@@ -14,12 +14,13 @@ from openapi_spec_validator import validate as validate_spec
 
 from qcimage import create_app
 from qcimage.openapi import UNDOCUMENTED_ENDPOINTS, build_spec
-from qcimage.schemas import ImageQuerySchema, ProductQuerySchema
+from qcimage.schemas import ImageQuerySchema, LinkQuerySchema, ProductQuerySchema
 from qcimage.services.signing import SIGNED_PARAMS, Signer
 from qcimage.vocabulary import OUTPUT_FORMATS
 from tests.conftest import API_KEY, SIGNING_KEY, add_image, add_product
 
-QUERY_SCHEMAS = {"/api/qc-images": ProductQuerySchema, "/api/image": ImageQuerySchema}
+QUERY_SCHEMAS = {"/api/qc-images": ProductQuerySchema, "/api/image": ImageQuerySchema,
+                 "/api/links/resolve": LinkQuerySchema}
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 
 
@@ -124,9 +125,10 @@ def _signed_image_query(**params) -> str:
 def test_each_documented_lookup_parameter_value_is_accepted(spec, api_get, upstream):
     for name, parameter in _query_parameters(spec, "/api/qc-images").items():
         for value in _valid_values(parameter):
-            params = {"id": "7494645791", name: value}
+            # link stands instead of id; its documented example names Weidian 7494645791.
+            params = {name: value} if name == "link" else {"id": "7494645791", name: value}
             platform = str(params.get("storePlatform", "WEIDIAN")).upper()
-            add_product(upstream, product_id=str(params["id"]), platform=platform)
+            add_product(upstream, product_id="7494645791", platform=platform)
             response = api_get(**params)
             assert response.status_code == 200, (name, value, response.get_json())
 
@@ -145,14 +147,15 @@ def test_each_documented_image_parameter_value_is_accepted(spec, client, upstrea
             assert response.status_code == expected, (name, value, response.get_json())
 
 
-def test_only_the_lookup_needs_an_api_key(spec):
+def test_only_the_lookups_need_an_api_key(spec):
     schemes = spec["components"]["securitySchemes"]
     assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
     assert schemes["bearer"]["scheme"] == "bearer"
     secured = {path for path, operations in spec["paths"].items()
                for operation in operations.values() if operation.get("security")}
-    assert secured == {"/api/qc-images"}
-    assert spec["paths"]["/api/qc-images"]["get"]["security"] == [{"apiKey": []}, {"bearer": []}]
+    assert secured == {"/api/qc-images", "/api/links/resolve"}
+    for path in secured:
+        assert spec["paths"][path]["get"]["security"] == [{"apiKey": []}, {"bearer": []}]
     assert "security" not in spec
 
 

@@ -26,5 +26,7 @@ def test_the_wheel_builds_without_warnings_and_carries_its_data_files(tmp_path):
     [wheel] = (tmp_path / "dist").glob("qcimage-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {"qcimage/policy/policy.xml", "qcimage/templates/docs.html",
-            "qcimage/templates/docs.js"} <= set(names)
+            "qcimage/templates/docs.js", "qcimage/static/gallery/index.html",
+            "qcimage/static/gallery/gallery.js", "qcimage/static/gallery/gallery.css",
+            "qcimage/static/gallery/icon.svg"} <= set(names)
     assert not [name for name in names if "__pycache__" in name]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+from urllib.parse import unquote
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from qcimage import create_app
@@ -296,8 +299,10 @@ def test_an_id_with_spaces_says_what_an_id_may_contain(api_get, product_id):
         "id may only contain letters, digits, '_' and '-' (1-50 characters)")
 
 
-def test_a_missing_id_is_required(api_get):
-    assert api_get().get_json()["message"] == "id is required"
+def test_a_missing_id_asks_for_an_id_or_a_link(api_get):
+    response = api_get()
+    assert response.status_code == 400
+    assert response.get_json()["message"].startswith("id or link is required: send id")
 
 
 @pytest.mark.parametrize("name, message", [
@@ -368,3 +373,120 @@ def test_renders_cached_before_sizes_were_kept_get_theirs_on_a_hit(api_get, clie
     assert client.get(link.removeprefix(PUBLIC)).headers["X-Cache"] == "HIT"
     image = api_get(id="7494645791").get_json()["images"][0]
     assert (image["width"], image["height"]) == (960, 720)
+
+
+WEIDIAN_LINK = "https://weidian.com/item.html?itemID=7494645791"
+AGENT_LINK = "https://cnfans.com/product/?shop_type=taobao&id=684012345678"
+
+
+def test_a_link_looks_up_the_product_it_names(api_get, upstream):
+    add_product(upstream, product_id="684012345678", platform="TAOBAO", ids=("a1", "b2"))
+    response = api_get(link=f"W2C? <{AGENT_LINK}>", width="480")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert (body["productId"], body["storePlatform"], body["totalImages"]) == (
+        "684012345678", "TAOBAO", 2)
+    assert query(body["images"][0]["watermarked"])["width"] == "480"
+
+
+def test_a_link_gives_the_same_answer_as_its_id(api_get, upstream):
+    add_product(upstream)
+    by_id = api_get(id="7494645791", storePlatform="WEIDIAN").get_json()
+    assert api_get(link=WEIDIAN_LINK).get_json() == by_id
+
+
+@pytest.mark.parametrize("params", [
+    {},
+    {"id": "7494645791", "link": WEIDIAN_LINK},
+    {"link": WEIDIAN_LINK, "storePlatform": "WEIDIAN"},
+    {"link": ""},
+    {"link": WEIDIAN_LINK + "&x=" + "a" * 2048},
+])
+def test_exactly_one_of_id_or_link_is_sent(api_get, upstream, params):
+    response = api_get(**params)
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "validation_failed"
+    assert not upstream.calls
+
+
+@pytest.mark.parametrize("link", ["https://m.tb.cn/h.5abcD", "https://example.com/item/1234567"])
+def test_a_link_that_cannot_be_resolved_is_400_unsupported_link(api_get, upstream, link):
+    response = api_get(link=link)
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["error"] == "unsupported_link" and "paste" in body["message"]
+    assert not upstream.calls
+
+
+def test_a_short_link_is_never_fetched(api_get, upstream):
+    upstream.get("https://m.tb.cn/h.5abcD", status=302,
+                 headers={"Location": "https://item.taobao.com/item.htm?id=684012345678"})
+    assert api_get(path="/api/links/resolve", link="https://m.tb.cn/h.5abcD").status_code == 400
+    assert not upstream.calls
+
+
+@pytest.mark.parametrize("link, platform, product_id", [
+    (WEIDIAN_LINK, "WEIDIAN", "7494645791"),
+    (AGENT_LINK, "TAOBAO", "684012345678"),
+    ("https://www.sugargoo.com/#/home/productDetail?productLink=https%253A%252F%252F"
+     "detail.1688.com%252Foffer%252F1688000001.html", "1688", "1688000001"),
+])
+def test_resolve_answers_platform_and_id_without_calling_upstream(api_get, upstream, link,
+                                                                  platform, product_id):
+    response = api_get(path="/api/links/resolve", link=link)
+    assert response.status_code == 200
+    assert response.get_json() == {"success": True, "storePlatform": platform,
+                                   "productId": product_id}
+    assert response.headers["Cache-Control"] == "private, no-store"
+    assert not upstream.calls
+
+
+def test_resolve_needs_the_api_key(api_get):
+    assert api_get(path="/api/links/resolve", key=None, link=WEIDIAN_LINK).status_code == 401
+    assert api_get(path="/api/links/resolve", key="wrong", link=WEIDIAN_LINK).status_code == 403
+
+
+@pytest.mark.parametrize("params", [{}, {"link": WEIDIAN_LINK, "id": "7494645791"}])
+def test_resolve_takes_a_link_only(api_get, params):
+    assert api_get(path="/api/links/resolve", **params).status_code == 400
+
+
+def test_resolutions_and_lookups_share_the_key_s_budget(env, upstream):
+    env["QCIMAGE_LOOKUP_RATE_LIMIT"] = "3 per minute"
+    client = create_app(env).test_client()
+    add_product(upstream)
+    headers = {"X-API-Key": API_KEY}
+    for path in ("/api/links/resolve", "/api/qc-images", "/api/links/resolve"):
+        assert client.get(path, query_string={"link": WEIDIAN_LINK},
+                          headers=headers).status_code == 200
+    for path in ("/api/links/resolve", "/api/qc-images"):
+        limited = client.get(path, query_string={"link": WEIDIAN_LINK}, headers=headers)
+        assert limited.status_code == 429
+        assert limited.get_json()["error"] == "rate_limited"
+    assert client.get("/api/links/resolve", query_string={"link": WEIDIAN_LINK},
+                      headers={"X-API-Key": OTHER_KEY}).status_code == 200
+
+
+@pytest.fixture
+def unlimited_client(env):
+    return create_app({**env, "QCIMAGE_LOOKUP_RATE_LIMIT": "100000 per minute"}).test_client()
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(min_size=1, max_size=300))
+def test_arbitrary_link_text_is_a_200_or_a_clear_400_never_a_500(unlimited_client, text):
+    def get(path):
+        return unlimited_client.get(path, query_string={"link": text},
+                                    headers={"X-API-Key": API_KEY})
+
+    resolved = get("/api/links/resolve")
+    body = resolved.get_json()
+    if resolved.status_code == 200:
+        assert body["productId"] in unquote(text)
+        return
+    assert resolved.status_code == 400, body
+    assert body["error"] in ("unsupported_link", "validation_failed") and body["message"]
+    # A look-up refuses the same text the same way, before any upstream call.
+    looked_up = get("/api/qc-images")
+    assert (looked_up.status_code, looked_up.get_json()["error"]) == (400, body["error"])

@@ -16,6 +16,7 @@ from tools.harness import ROOT, free_port, start_gunicorn, start_upstream, stop_
 from tools.samples import PRODUCTS
 
 RUN_DIR = ROOT / "var" / "demo"
+SAMPLE_LINK = "https://weidian.com/item.html?itemID=7494645791"
 WORKERS = 2
 # The stand-in upstream makes every source from a 5000 px original on the same CPUs as
 # the renders: on a busy laptop the first look at the demo must not be a wall of 504s.
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             ("look-up", f"curl -s -H 'X-API-Key: {key}' '{lookup}'"),
             ("image", body["images"][0]["watermarked"]),
             ("API docs", f"{public}/docs"),
+            # The key rides in the fragment, which the browser never sends to a server.
+            ("gallery", f"{public}/gallery#key={key}   (paste a link, e.g. {SAMPLE_LINK})"),
             ("sample products (any of them in the look-up):", sample_products()),
             ("logs", str(Path(server.log_path))),
         ]), flush=True)

@@ -134,6 +134,9 @@ def test_make_demo_works_twice_in_a_row_on_every_worker():
             # The banner's own link and curl work as printed.
             assert requests.get(demo.field("image"), timeout=60).status_code == 200
             assert f"curl -s -H 'X-API-Key: {key}' '{base}/api/qc-images?id=" in demo.banner
+            # The gallery's address carries the key in its fragment only.
+            assert demo.field("gallery") == f"{base}/gallery#key={key}"
+            assert requests.get(demo.field("gallery"), timeout=60).status_code == 200
             # This run's upstream, alive: a width no earlier run rendered must reach it.
             upstream = re.search(r"upstream stand-in (\S+)", demo.banner).group(1)
             assert requests.get(upstream + "/_stats", timeout=5).status_code == 200
