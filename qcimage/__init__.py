@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import (DEFAULT_WATERMARK_FONT, ConfigError, Settings, load_settings,
                      per_worker_limit_problems)
@@ -52,8 +51,10 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     configure_logging(settings.logging.format)
     # Before everything else reads remote_addr / scheme: trust only configured proxies.
     if settings.trusted_proxies:
-        n = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
+        from .proxies import TrustedProxyFix
+
+        app.wsgi_app = TrustedProxyFix(app.wsgi_app, hops=settings.trusted_proxies,
+                                       allowed=settings.forwarded_allow)
     app.extensions["qcimage"] = build_services(settings, Path(app.instance_path))
     register_extensions(app, settings)
     register_request_hooks(app)
@@ -71,10 +72,9 @@ def startup_report(workers: int = 1) -> str | None:
     For the gunicorn master, which checks once before forking ``workers`` workers: it
     reads what create_app reads and builds nothing (no ImageMagick in the master).
     """
-    instance_path = Flask(__name__, instance_relative_config=True).instance_path
     environ = environment()
     try:
-        settings = load_settings(environ, default_cache_dir=default_cache_dir(instance_path))
+        settings = load_settings(environ, default_cache_dir=default_cache_dir())
     except ConfigError as error:
         problems = error.problems
     else:
@@ -165,7 +165,8 @@ def _guard(app: Flask, bp, hook) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from .cli import keys_cli, secrets_cli
+    from .cli import keys_cli, secrets_cli, takedown_cli
 
     app.cli.add_command(keys_cli)
     app.cli.add_command(secrets_cli)
+    app.cli.add_command(takedown_cli)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flask import current_app
+from flask import Flask, current_app
 
 from .config import Settings
 
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .services.cache import Store
     from .services.pipeline import ImageRenderer, ProductLookup
     from .services.signing import Signer
+    from .services.takedown import TakedownList
     from .services.upstream import DoppelClient
 
 
@@ -27,6 +28,7 @@ class Services:
     renderer: ImageRenderer
     client: DoppelClient
     store: Store
+    takedowns: TakedownList
 
 
 def current_services() -> Services:
@@ -34,8 +36,10 @@ def current_services() -> Services:
     return current_app.extensions["qcimage"]
 
 
-def default_cache_dir(instance_path: str) -> Path:
-    """The cache folder when ``QCIMAGE_CACHE_DIR`` is unset."""
+def default_cache_dir(instance_path: str | None = None) -> Path:
+    """The cache folder when ``QCIMAGE_CACHE_DIR`` is unset (the app's instance path's)."""
+    if instance_path is None:
+        instance_path = Flask("qcimage", instance_relative_config=True).instance_path
     return Path(instance_path) / "cache"
 
 
@@ -47,24 +51,28 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.imaging.engine import ImagingEngine
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
+    from .services.takedown import open_takedown_list
     from .services.upstream import DoppelClient
 
     engine = ImagingEngine.from_settings(settings.watermark, settings.imaging)
     # A missing font or logo stops the worker from booting instead of failing each image.
     engine.check_watermark()
     cache = settings.cache
-    store, shared = open_store(cache, default_cache_dir(str(instance_path)))
+    default_dir = default_cache_dir(str(instance_path))
+    store, shared = open_store(cache, default_dir)
+    takedowns = open_takedown_list(cache, cache.dir or default_dir, store, shared)
     client = DoppelClient.from_settings(settings.upstream, shared=shared)
     upstream = settings.upstream
     return Services(
         settings=settings,
         signer=Signer(settings.signing_keys),
-        lookup=ProductLookup(client, LookupCache(store, ttl=cache.lookup_ttl)),
+        lookup=ProductLookup(client, LookupCache(store, ttl=cache.lookup_ttl), takedowns),
         renderer=ImageRenderer(
             client, RenderCache(store, wait_timeout=cache.render_wait_timeout), engine,
             source=SourcePolicy(upstream.source_width, upstream.source_format,
                                 upstream.source_quality),
-            watermark_fingerprint=settings.watermark.fingerprint()),
+            watermark_fingerprint=settings.watermark.fingerprint(), takedowns=takedowns),
         client=client,
         store=store,
+        takedowns=takedowns,
     )

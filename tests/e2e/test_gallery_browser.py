@@ -38,6 +38,31 @@ document.addEventListener("securitypolicyviolation",
   (e) => window.__cspViolations.push(e.violatedDirective + " " + e.blockedURI));"""
 
 
+# WCAG contrast of every visible piece of text against the background it is drawn on.
+CONTRASTS = """() => {
+  const rgba = (css) => css.match(/[0-9.]+/g).map(Number);
+  const channel = (c) => {
+    c /= 255;
+    return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+  };
+  const luminance = ([r, g, b]) => 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+  const backdrop = (el) => {
+    for (; el; el = el.parentElement) {
+      const colour = rgba(getComputedStyle(el).backgroundColor);
+      if (colour.length === 3 || colour[3] > 0) return colour;
+    }
+    return [255, 255, 255];
+  };
+  return [...document.querySelectorAll("h1, h2, label, p, button, select, input, textarea")]
+    .filter((el) => el.getClientRects().length && el.textContent + (el.value || "") !== "")
+    .map((el) => {
+      const [hi, lo] = [luminance(rgba(getComputedStyle(el).color)), luminance(backdrop(el))]
+        .sort((a, b) => b - a);
+      return [el.id || el.tagName.toLowerCase(), Math.round(100 * (hi + 0.05) / (lo + 0.05)) / 100];
+    });
+}"""
+
+
 class _ImgTags(HTMLParser):
     def __init__(self):
         super().__init__()
@@ -144,6 +169,19 @@ def _check_viewer(page, count: int):
     assert page.evaluate("document.activeElement.className") == "thumb"
 
 
+def _check_accessible(page):
+    """Contrast of 4.5:1 at least; Tab walks the form in reading order."""
+    ratios = dict(page.evaluate(CONTRASTS))
+    assert {"api-key-help", "link-help", "status", "show", "copy", "results-title"} <= set(ratios)
+    assert {name: ratio for name, ratio in ratios.items() if ratio < 4.5} == {}
+    page.click("h1")  # where a person starts reading; Tab goes on from there
+    order = []
+    for _ in range(7):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id || document.activeElement.className"))
+    assert order == ["api-key", "link", "width", "format", "show", "thumb", "thumb"]
+
+
 def _copied_images(page) -> list[tuple[str, str]]:
     page.click("#copy")
     expect(page.locator("#copied")).to_have_text("Copied.")
@@ -177,6 +215,7 @@ def test_a_person_pastes_links_and_sees_copies_and_steps_through_the_photos(
         _check_watermarked(upstream, body, sources)
         assert _copied_images(page) == [(i["watermarked"], i["srcset"]) for i in body["images"]]
     _check_viewer(page, count)
+    _check_accessible(page)
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=ARTEFACTS / "gallery-1280.png", full_page=True)
     watched.check_clean(server.api_key)
