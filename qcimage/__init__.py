@@ -16,14 +16,15 @@ from pathlib import Path
 
 from flask import Flask
 
-from .config import (DEFAULT_WATERMARK_FONT, ConfigError, Settings, load_settings,
-                     per_worker_limit_problems)
+from .config import (DEFAULT_WATERMARK_FONT, PREFIX, TENANTS_SNAPSHOT, ConfigError, Settings,
+                     load_settings, per_worker_limit_problems)
 from .envreader import environment
 from .errors import register_error_handlers
 from .services.redisconn import limiter_storage_options
+from .tenants import read_tenants_file
 from .wiring import build_services, default_cache_dir
 
-__all__ = ["create_app", "ConfigError", "startup_report"]
+__all__ = ["create_app", "ConfigError", "pin_tenants_file", "startup_report"]
 log = logging.getLogger(__name__)
 
 
@@ -92,11 +93,33 @@ def startup_report(workers: int = 1) -> str | None:
     return "\n".join(lines)
 
 
+def pin_tenants_file() -> list[str]:
+    """For the gunicorn master, at start and on HUP: validate the tenants file and pin its
+    text for the workers forked from now on. Returns the file's problems ([] when pinned);
+    with problems the previous pin stays, so new workers keep serving the last good file.
+    """
+    environ = environment()
+    path = environ.get(PREFIX + "TENANTS_FILE", "").strip()
+    if not path:
+        return []
+    problems: list[str] = []
+    text = read_tenants_file(Path(path), problems)
+    if text is None:
+        return problems
+    try:
+        load_settings({**environ, TENANTS_SNAPSHOT: text}, only_tenants=True)
+    except ConfigError as error:
+        return error.problems
+    os.environ[TENANTS_SNAPSHOT] = text
+    return []
+
+
 def _unreadable_watermark_files(settings: Settings) -> list[str]:
     # Each worker checks the files with ImageMagick too; a missing one is the common case
     # (no fonts-dejavu-core) and is said here once instead of in a traceback per worker.
     problems = []
-    for layer in settings.watermark.layers:
+    # With a tenants file, its fonts and logos were checked with it.
+    for layer in () if settings.tenants_file else settings.watermark.layers:
         name, path = ("WATERMARK_LOGOS", layer.logo) if layer.logo else ("WATERMARK_FONT",
                                                                          layer.font)
         if not (path.is_file() and os.access(path, os.R_OK)):
@@ -107,7 +130,7 @@ def _unreadable_watermark_files(settings: Settings) -> list[str]:
 
 
 def register_extensions(app: Flask, settings: Settings) -> None:
-    from .extensions import cors, limiter, talisman
+    from .extensions import cors, limiter, talisman, tenant_cors_only
 
     talisman.init_app(
         app,
@@ -119,7 +142,9 @@ def register_extensions(app: Flask, settings: Settings) -> None:
         frame_options="DENY",
         referrer_policy="no-referrer",
     )
-    cors.init_app(app, resources={r"/api/*": {"origins": list(settings.cors_origins)}},
+    # Registered before Flask-CORS, so it runs after it (after_request runs in reverse).
+    app.after_request(tenant_cors_only)
+    cors.init_app(app, resources={r"/api/*": {"origins": list(settings.tenants.cors_origins)}},
                   methods=["GET", "HEAD", "OPTIONS"],
                   allow_headers=["X-API-Key", "Authorization", "If-None-Match", "X-Request-ID"],
                   expose_headers=["X-Request-ID", "ETag", "Retry-After", "X-Cache"],
@@ -165,8 +190,9 @@ def _guard(app: Flask, bp, hook) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from .cli import keys_cli, secrets_cli, takedown_cli
+    from .cli import keys_cli, secrets_cli, takedown_cli, tenants_cli
 
     app.cli.add_command(keys_cli)
     app.cli.add_command(secrets_cli)
     app.cli.add_command(takedown_cli)
+    app.cli.add_command(tenants_cli)

@@ -69,6 +69,7 @@ def log_request(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id", "")
     started = g.get("started")
     duration = round((time.perf_counter() - started) * 1000, 2) if started else None
+    tenant = g.tenant.name if g.get("tenant") else ""
     fields = {
         "method": request.method,
         "route": request.url_rule.rule if request.url_rule else None,
@@ -77,6 +78,7 @@ def log_request(response: Response) -> Response:
         "duration_ms": duration,
         "bytes": response.calculate_content_length(),
         "client_ip": request.remote_addr,
+        "tenant": tenant or None,
         "api_key": g.get("api_key_name"),
         "cache": g.get("cache_status"),
         "upstream_ms": _ms(g.get("upstream_ms")),
@@ -86,9 +88,9 @@ def log_request(response: Response) -> Response:
                     duration, extra=fields)
     # Unmatched paths share one label: a scanner must not mint a series per URL.
     route = request.url_rule.rule if request.url_rule else "unmatched"
-    metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+    metrics.REQUESTS.labels(route, request.method, str(response.status_code), tenant).inc()
     if duration is not None:
-        metrics.REQUEST_SECONDS.labels(route, request.method).observe(duration / 1000)
+        metrics.REQUEST_SECONDS.labels(route, request.method, tenant).observe(duration / 1000)
     return response
 
 

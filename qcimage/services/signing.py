@@ -12,7 +12,10 @@ from . import ServiceError
 
 # Every parameter that changes the output or its cost. A parameter left out of the
 # URL is signed as absent, so dropping one (to fall back to a default) breaks the sig.
-SIGNED_PARAMS = ("url", "width", "quality", "format", "expires")
+SIGNED_PARAMS = ("url", "width", "quality", "format", "expires", "t")
+# Signed only when present: links made before tenants existed (no t) keep their signatures.
+# Present, t is one more length-prefixed field, so removing or adding it breaks the sig.
+_SIGNED_WHEN_PRESENT = frozenset({"t"})
 _VERSION = b"qcimage-image-v1"
 
 
@@ -46,6 +49,8 @@ class Signer:
         parts = [_VERSION]
         for name in SIGNED_PARAMS:
             value = params.get(name)
+            if value is None and name in _SIGNED_WHEN_PRESENT:
+                continue
             field = b"-" if value is None else b"=" + value.encode("utf-8")
             parts.append(b"%d:%s%s" % (len(field), name.encode(), field))
         return b"\n".join(parts)
