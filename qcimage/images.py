@@ -12,7 +12,7 @@ from .extensions import client_ip, limiter
 from .schemas import ImageQuerySchema, load_query
 from .services.imaging import RenderSpec
 from .services.pipeline import RenderJob
-from .services.signing import SIGNED_PARAMS
+from .services.signing import SIGNED_PARAMS, URL_PARAMS, canonical_image_url
 from .tenants import Tenant
 from .services.takedown import TakenDown
 from .vocabulary import OUTPUT_FORMATS
@@ -79,6 +79,24 @@ def _caching_headers(args: dict, etag: str, shared_ttl: int) -> dict[str, str]:
     return headers
 
 
+def _require_canonical_url() -> None:
+    """400 unless the URL is, byte for byte, the one a look-up wrote for these values.
+
+    Reordered or percent-encoded parameters, a trailing ``&``, ``//api/image`` or
+    ``/api/%69mage`` would serve the same bytes under another URL: another entry in
+    every cache in front. Checked on the request as sent, before any decoding.
+    """
+    canonical = canonical_image_url({name: request.args.get(name) for name in URL_PARAMS})
+    # QUERY_STRING is always the raw query; the raw path only survives in RAW_URI or
+    # REQUEST_URI (gunicorn sets both), else the decoded path is all there is.
+    raw_uri = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    raw_path = raw_uri.split("?", 1)[0] if raw_uri else request.path
+    if f"{raw_path}?{request.query_string.decode('latin-1')}" != canonical:
+        raise APIError(400, "non_canonical_url",
+                       f"use the image URL exactly as the look-up returned it: {canonical} "
+                       "(parameters in that order, nothing added, re-encoded or reordered)")
+
+
 def _signed_tenant(name: str | None) -> Tenant:
     """The tenant a verified link names, if it may be shown on the page asking."""
     tenant = current_services().settings.tenants.get(name)
@@ -106,6 +124,7 @@ def image():
     args = load_query(_query, request.args)
     services = current_services()
     services.signer.verify({name: request.args.get(name) for name in SIGNED_PARAMS}, args["sig"])
+    _require_canonical_url()
     # Before the 304: a shared cache revalidating its copy must hear of the takedown.
     services.takedowns.check(args["url"])
     g.tenant = _signed_tenant(args["t"])

@@ -244,7 +244,13 @@ def _image() -> dict:
                     "headers": {name: image_headers[name] for name in
                                 ("ETag", "Cache-Control", "Vary", *_SHARED_CACHE_HEADERS)}},
             **_errors(400, 403, 404, 410, 413, 422, 429, 451, 500, 502, 503, 504, say={
+                400: "Invalid, unknown or repeated parameter; `non_canonical_url`: the URL is "
+                     "not spelled exactly as the look-up wrote it (the message gives that "
+                     "spelling).",
                 403: "Signature missing or wrong.",
+                422: "The upstream image is not a supported image, or the output would be "
+                     "too small or too thin to carry a visible watermark.",
+                502: "Upstream answered with an error or garbage, or sent an image cut short.",
                 404: "Upstream does not know the image.",
                 500: "The image could not be produced or watermarked; it is not served."}),
         },

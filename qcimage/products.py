@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 from flask import Blueprint, g, request
 
 from .auth import request_key, require_api_key
@@ -13,6 +11,7 @@ from .extensions import client_ip, limiter
 from .schemas import (LinkQuerySchema, LinkResponseSchema, ProductQuerySchema,
                       ProductResponseSchema, load_query)
 from .services.links import resolve
+from .services.signing import canonical_image_url
 from .services.upstream import UpstreamNotFound
 from .tenants import Tenant
 from .vocabulary import PLATFORMS
@@ -65,7 +64,7 @@ def link_maker(tenant: Tenant, quality: int, fmt: str):
             if t is not None:
                 params["t"] = t
             params["sig"] = services.signer.sign(params)
-            links[image_id, width] = f"{settings.public_url}/api/image?{urlencode(params)}"
+            links[image_id, width] = settings.public_url + canonical_image_url(params)
         return links[image_id, width]
 
     return link
