@@ -57,8 +57,9 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         app.wsgi_app = TrustedProxyFix(app.wsgi_app, hops=settings.trusted_proxies,
                                        allowed=settings.forwarded_allow)
     app.extensions["qcimage"] = build_services(settings, Path(app.instance_path))
-    register_extensions(app, settings)
+    # Hooks first: the request id must exist before the limiter can refuse (429s carry it).
     register_request_hooks(app)
+    register_extensions(app, settings)
     register_blueprints(app, settings)
     register_error_handlers(app)
     register_commands(app)

@@ -50,7 +50,7 @@ def configure_logging(log_format: str) -> None:
     for name in ("qcimage", "flask-limiter"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
-        logger.setLevel(logging.INFO if name != "pybreaker" else logging.WARNING)
+        logger.setLevel(logging.INFO)
         logger.propagate = False
     logging.getLogger("flask-limiter").filters[:] = [_limiter_outages_only]
 

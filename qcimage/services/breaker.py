@@ -72,10 +72,10 @@ class RedisState:
     """
 
     def __init__(self, client, namespace: str = "qcimage:{breaker}"):
-        import redis
+        from .redisconn import ERRORS
 
         self.client = client
-        self.errors = (redis.RedisError, OSError)
+        self.errors = ERRORS
         self.failures_key = namespace + ":failures"
         self.opened_key = namespace + ":opened_at"
         self.local = MemoryState()
