@@ -99,7 +99,10 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
             store, ttl=cache.lookup_ttl,
             wait_timeout=upstream.read_timeout + upstream.lookup_timeout), takedowns),
         renderer=ImageRenderer(
-            client, RenderCache(store, wait_timeout=cache.render_wait_timeout), engine,
+            # Waiting for another's render covers its fetch too: the fetch's deadline, then
+            # RENDER_WAIT_TIMEOUT for a render slot and the render.
+            client, RenderCache(store, wait_timeout=fetch_wait + cache.render_wait_timeout),
+            engine,
             source=SourcePolicy(upstream.source_width, upstream.source_format,
                                 upstream.source_quality),
             watermark_fingerprint=brands[first.name].fingerprint, takedowns=takedowns,
