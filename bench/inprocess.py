@@ -28,10 +28,11 @@ STAGE_NAMES = {"_read_first_frame": "decode", "_fit": "resize + orient",
 class _NullStore:
     """A render cache that never hits: every render measured here is a cold one."""
 
-    def get(self, key: str) -> None:
+    def get(self, key: str, *, tag: str | None = None) -> None:
         return None
 
-    def set(self, key: str, value: bytes, expire: float | None = None) -> None:
+    def set(self, key: str, value: bytes, expire: float | None = None, *,
+            tag: str | None = None) -> None:
         pass
 
     def add(self, key: str, value: bytes, expire: float) -> bool:
@@ -39,6 +40,9 @@ class _NullStore:
 
     def delete(self, key: str) -> None:
         pass
+
+    def purge(self, tag: str) -> int:
+        return 0
 
 
 class _RecordingClient:
@@ -76,7 +80,8 @@ class Pipeline:
         self.client = _RecordingClient(app_renderer.client)
         self.renderer = ImageRenderer(self.client, RenderCache(_NullStore()), self.engine,
                                       source=app_renderer.source,
-                                      watermark_fingerprint="bench")
+                                      watermark_fingerprint="bench",
+                                      takedowns=app_renderer.takedowns)
 
     def cold(self, image_id: str, width: int, quality: int, fmt: str) -> dict:
         """One uncached request's work: fetch(es) as the policy says, then render."""

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import (DEFAULT_WATERMARK_FONT, ConfigError, Settings, load_settings,
                      per_worker_limit_problems)
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
     from .services.cache import Store
     from .services.pipeline import ImageRenderer, ProductLookup
     from .services.signing import Signer
+    from .services.takedown import TakedownList
     from .services.upstream import DoppelClient
 
 __all__ = ["create_app", "ConfigError", "current_services", "startup_report"]
@@ -36,6 +36,7 @@ class Services:
     renderer: ImageRenderer
     client: DoppelClient
     store: Store
+    takedowns: TakedownList
 
 
 def current_services() -> Services:
@@ -69,8 +70,10 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     configure_logging(app, settings.logging.format)
     # Before everything else reads remote_addr / scheme: trust only configured proxies.
     if settings.trusted_proxies:
-        n = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
+        from .proxies import TrustedProxyFix
+
+        app.wsgi_app = TrustedProxyFix(app.wsgi_app, hops=settings.trusted_proxies,
+                                       allowed=settings.forwarded_allow)
     app.extensions["qcimage"] = build_services(settings, Path(app.instance_path))
     register_extensions(app, settings)
     register_blueprints(app, settings)
@@ -81,8 +84,10 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     return app
 
 
-def default_cache_dir(instance_path: str) -> Path:
-    """The cache folder when ``QCIMAGE_CACHE_DIR`` is unset."""
+def default_cache_dir(instance_path: str | None = None) -> Path:
+    """The cache folder when ``QCIMAGE_CACHE_DIR`` is unset (the app's instance path's)."""
+    if instance_path is None:
+        instance_path = Flask(__name__, instance_relative_config=True).instance_path
     return Path(instance_path) / "cache"
 
 
@@ -92,10 +97,9 @@ def startup_report(workers: int = 1) -> str | None:
     For the gunicorn master, which checks once before forking ``workers`` workers: it
     reads what create_app reads and builds nothing (no ImageMagick in the master).
     """
-    instance_path = Flask(__name__, instance_relative_config=True).instance_path
     environ = _environment(None)
     try:
-        settings = load_settings(environ, default_cache_dir=default_cache_dir(instance_path))
+        settings = load_settings(environ, default_cache_dir=default_cache_dir())
     except ConfigError as error:
         problems = error.problems
     else:
@@ -147,26 +151,30 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.imaging.engine import ImagingEngine
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
+    from .services.takedown import open_takedown_list
     from .services.upstream import DoppelClient
 
     engine = ImagingEngine.from_settings(settings.watermark, settings.imaging)
     # A missing font or logo stops the worker from booting instead of failing each image.
     engine.check_watermark()
     cache = settings.cache
-    store, shared = open_store(cache, default_cache_dir(str(instance_path)))
+    default_dir = default_cache_dir(str(instance_path))
+    store, shared = open_store(cache, default_dir)
+    takedowns = open_takedown_list(cache, cache.dir or default_dir, store, shared)
     client = DoppelClient.from_settings(settings.upstream, shared=shared)
     upstream = settings.upstream
     return Services(
         settings=settings,
         signer=Signer(settings.signing_keys),
-        lookup=ProductLookup(client, LookupCache(store, ttl=cache.lookup_ttl)),
+        lookup=ProductLookup(client, LookupCache(store, ttl=cache.lookup_ttl), takedowns),
         renderer=ImageRenderer(
             client, RenderCache(store, wait_timeout=cache.render_wait_timeout), engine,
             source=SourcePolicy(upstream.source_width, upstream.source_format,
                                 upstream.source_quality),
-            watermark_fingerprint=settings.watermark.fingerprint()),
+            watermark_fingerprint=settings.watermark.fingerprint(), takedowns=takedowns),
         client=client,
         store=store,
+        takedowns=takedowns,
     )
 
 
@@ -210,7 +218,8 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from .cli import keys_cli, secrets_cli
+    from .cli import keys_cli, secrets_cli, takedown_cli
 
     app.cli.add_command(keys_cli)
     app.cli.add_command(secrets_cli)
+    app.cli.add_command(takedown_cli)

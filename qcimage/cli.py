@@ -1,18 +1,22 @@
-"""Command line: API keys and the signing key (``qcimage keys …``, ``qcimage secrets …``).
+"""Command line: API keys, the signing key and takedowns (``qcimage keys|secrets|takedown``).
 
 What a command prints on stdout is exactly the line to put in the service's
-environment (so ``qcimage keys create shop-a >> .env`` works); notes for the person
-running it, and a new key, go to stderr.
+environment (so ``qcimage keys create shop-a >> .env`` works), or the list asked for;
+notes for the person running it, and a new key, go to stderr.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import sys
+import time
+from pathlib import Path
 
 import click
 
 from .auth import new_api_key
+from .config import ConfigError, load_cache_settings
 from .envreader import PREFIX
 from .keys import hash_api_key, new_signing_key
 
@@ -117,9 +121,122 @@ def signing_key() -> None:
     click.echo(configured.line([new_signing_key(), *configured.entries]))
 
 
+class _TakedownPlace:
+    """The takedown list and the caches this box shares with the service, from its settings."""
+
+    def __init__(self):
+        from . import _environment, default_cache_dir
+        from .services.cache import open_store
+        from .services.takedown import open_takedowns
+
+        default_dir = default_cache_dir()
+        try:
+            self.settings = load_cache_settings(_environment(None), default_cache_dir=default_dir)
+        except ConfigError as error:
+            raise click.ClickException(str(error)) from None
+        _check_owner(self.settings.dir or default_dir)
+        self.store, shared = open_store(self.settings, default_dir)
+        self.takedowns = open_takedowns(self.settings.dir or default_dir, shared,
+                                        self.settings.redis_url)
+
+    def __call__(self, action, *args):
+        try:
+            return action(*args)
+        except self.takedowns.errors as error:
+            raise click.ClickException(f"cannot reach the takedown list in "
+                                       f"{self.takedowns.where} ({type(error).__name__}); "
+                                       "nothing changed") from None
+
+
+def _check_owner(cache_dir: Path) -> None:
+    # Files made here by another user (root, say) would be unreadable to the service's
+    # workers, which would then go on serving what was taken down.
+    try:
+        owner = cache_dir.stat().st_uid
+    except FileNotFoundError:
+        raise click.ClickException(
+            f"no cache folder at {cache_dir}: run this with the service's environment "
+            f"({PREFIX}CACHE_DIR, and {PREFIX}REDIS_URL when it has one)") from None
+    if owner != os.geteuid():
+        try:
+            name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            name = f"#{owner}"
+        raise click.ClickException(
+            f"{cache_dir} belongs to {name}: run this as that user (sudo -u {name} qcimage "
+            "takedown …) so the service can read what it writes")
+
+
+def _image_id(ctx, param, value: str) -> str:
+    from .vocabulary import IMAGE_ID
+
+    if not IMAGE_ID.match(value):
+        raise click.BadParameter("an image id is 1-64 letters, digits, '_' or '-' (the "
+                                 "`url` of an image link, `original` in a look-up)")
+    return value
+
+
+def _reason(ctx, param, value: str) -> str:
+    if len(value) > 500 or not value.isprintable():
+        raise click.BadParameter("at most 500 printable characters on one line")
+    return value
+
+
+@click.group("takedown", help="Take images down everywhere (451 taken_down), list, restore.")
+def takedown_cli() -> None:
+    pass
+
+
+@takedown_cli.command("add")
+@click.argument("image_id", callback=_image_id)
+@click.option("--reason", default="", callback=_reason,
+              help="Why (privacy, rights claim…): kept for `list`, never shown to visitors.")
+def add_takedown(image_id: str, reason: str) -> None:
+    """Take IMAGE_ID down: 451 for every link to it, its cached copies purged."""
+    from .services.takedown import Takedown
+
+    place = _TakedownPlace()
+    place(place.takedowns.add, Takedown(image_id=image_id, reason=reason, at=time.time()))
+    purged = place.store.purge(image_id)
+    settings = place.settings
+    _note(f"{image_id} is taken down (list in {place.takedowns.where}); {purged} cached "
+          f"entr{'y' if purged == 1 else 'ies'} purged. Every worker answers 451 for it "
+          f"within {settings.takedown_refresh:g} s ({PREFIX}TAKEDOWN_REFRESH); nginx and CDNs "
+          f"drop their copies within {settings.shared_cache_ttl} s ({PREFIX}SHARED_CACHE_TTL; "
+          "twice that with a CDN in front of nginx). Browsers that already have it keep it.")
+
+
+@takedown_cli.command("remove")
+@click.argument("image_id", callback=_image_id)
+def remove_takedown(image_id: str) -> None:
+    """Serve IMAGE_ID again."""
+    place = _TakedownPlace()
+    if not place(place.takedowns.remove, image_id):
+        raise click.ClickException(f"{image_id} is not taken down "
+                                   f"(list in {place.takedowns.where})")
+    settings = place.settings
+    _note(f"{image_id} is served again within {settings.takedown_refresh:g} s; nginx may "
+          f"answer 451 from its cache for up to {settings.shared_cache_ttl} s more.")
+
+
+@takedown_cli.command("list")
+def list_takedowns() -> None:
+    """Images taken down: id, when (UTC) and reason, tab-separated, oldest first."""
+    place = _TakedownPlace()
+    _, records = place(place.takedowns.load)
+    if not records:
+        _note(f"no image is taken down (list in {place.takedowns.where})")
+        return
+    _note(f"{len(records)} image(s) taken down (list in {place.takedowns.where}):")
+    for record in sorted(records.values(), key=lambda r: (r.at, r.image_id)):
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.at))
+        click.echo(f"{record.image_id}\t{when}\t{record.reason}")
+
+
 def main() -> None:
     """Console script ``qcimage``: runs the same commands without loading the app."""
     cli = click.Group(help="qcimage administration")
     cli.add_command(keys_cli)
     cli.add_command(secrets_cli)
+    cli.add_command(takedown_cli)
     sys.exit(cli.main(prog_name="qcimage", standalone_mode=True))

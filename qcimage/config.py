@@ -34,6 +34,7 @@ DEFAULT_WATERMARK_TEXT = "qcimage"
 # tests/test_gunicorn_conf.py holds its default and bounds equal to these.
 WORKER_TIMEOUT = (30, 1, 3600)
 ENVIRONMENTS = ("production", "development")
+MAX_SRCSET_WIDTHS = 8
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,8 @@ class CacheSettings:
     redis_required: bool
     lookup_ttl: int
     render_wait_timeout: float
+    takedown_refresh: float  # seconds a worker may go without checking the takedown list
+    shared_cache_ttl: int  # seconds nginx and CDNs may keep an image without asking
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,13 @@ class Settings:
     signing_keys: tuple[str, ...]
     public_url: str
     trusted_proxies: int
+    forwarded_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     cors_origins: tuple[str, ...]
     force_https: bool
     signed_url_ttl: int
     signed_url_bucket: int
     srcset_widths: tuple[int, ...]
+    max_product_images: int
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     upstream: UpstreamSettings
     cache: CacheSettings
@@ -183,8 +188,23 @@ def read_cache(reader: EnvReader, directory: Path | None) -> CacheSettings:
         redis_required=reader.bool("REDIS_REQUIRED", False),
         lookup_ttl=reader.int("LOOKUP_CACHE_TTL", 300, 0, 86400),
         render_wait_timeout=reader.float("RENDER_WAIT_TIMEOUT", 10.0, 0.1, 120),
+        # A takedown is in force on every worker within this (DESIGN §7: within 5 s).
+        takedown_refresh=reader.float("TAKEDOWN_REFRESH", 2.0, 0.0, 5.0),
+        # A takedown reaches nginx within this, a CDN in front of it within twice this:
+        # at most 10 minutes in all (DESIGN §7).
+        shared_cache_ttl=reader.int("SHARED_CACHE_TTL", 240, 0, 300),
     )
     _check_redis_url(reader, "REDIS_URL", cache.redis_url)
+    return cache
+
+
+def load_cache_settings(environ: Mapping[str, str], *,
+                        default_cache_dir: Path | None = None) -> CacheSettings:
+    """The cache group alone (all ``qcimage takedown`` needs: no secrets required)."""
+    reader = EnvReader(environ)
+    cache = read_cache(reader, reader.path("CACHE_DIR", default_cache_dir))
+    if reader.errors:
+        raise ConfigError(reader.errors)
     return cache
 
 
@@ -291,10 +311,14 @@ def _parse_watermark(reader: EnvReader) -> tuple[WatermarkLayer, ...]:
 
 def _parse_widths(reader: EnvReader) -> tuple[int, ...]:
     values = reader.csv("SRCSET_WIDTHS") or ("480", "960", "1440")
-    if not all(v.isdigit() and MIN_WIDTH <= int(v) <= MAX_WIDTH for v in values):
+    if not all(re.fullmatch("[0-9]{1,4}", v) and MIN_WIDTH <= int(v) <= MAX_WIDTH
+               for v in values):
         reader.errors.append(
             f"{PREFIX}SRCSET_WIDTHS entries must be integers {MIN_WIDTH}-{MAX_WIDTH}")
         return (480, 960, 1440)
+    # Each width is one more signed link per image in every look-up answer.
+    if len(set(values)) > MAX_SRCSET_WIDTHS:
+        reader.errors.append(f"{PREFIX}SRCSET_WIDTHS lists at most {MAX_SRCSET_WIDTHS} widths")
     return tuple(sorted({int(v) for v in values}))
 
 
@@ -350,11 +374,14 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         signing_keys=tuple(signing_keys),
         public_url=public_url or "",
         trusted_proxies=trusted_proxies,
+        # The variable gunicorn.conf.py reads too: one list of proxies for both.
+        forwarded_allow=reader.networks("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
         cors_origins=reader.csv("CORS_ORIGINS"),
         force_https=reader.bool("FORCE_HTTPS", env == "production" and trusted_proxies > 0),
         signed_url_ttl=reader.int("SIGNED_URL_TTL", 30 * 86400, 0, 10 * 365 * 86400),
         signed_url_bucket=reader.int("SIGNED_URL_BUCKET", 86400, 1, 30 * 86400),
         srcset_widths=_parse_widths(reader),
+        max_product_images=reader.int("MAX_PRODUCT_IMAGES", 200, 1, 1000),
         metrics_allow=reader.networks("METRICS_ALLOW", "127.0.0.1/32,::1/128"),
         upstream=read_upstream(reader),
         cache=read_cache(reader, cache_dir),

@@ -51,10 +51,11 @@ def error_response(status: int, code: str, message: str, *, details: dict | None
     body["requestId"] = g.get("request_id")
     response = jsonify(body)
     response.status_code = status
-    # Errors are per request: never let a proxy or browser keep them.
-    response.headers["Cache-Control"] = "no-store"
     for name, value in (headers or {}).items():
         response.headers[name] = value
+    # Errors are per request: never let a browser keep them. Last, so that a shared cache's
+    # own header (X-Accel-Expires) comes first: older nginx reads them in order.
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 

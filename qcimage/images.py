@@ -7,11 +7,13 @@ import time
 from flask import Blueprint, Response, g, request
 
 from . import current_services
+from .errors import error_response
 from .extensions import client_ip, limiter
 from .schemas import ImageQuerySchema, load_query
 from .services.imaging import RenderSpec
 from .services.pipeline import RenderJob
 from .services.signing import SIGNED_PARAMS
+from .services.takedown import TakenDown
 from .vocabulary import OUTPUT_FORMATS
 
 bp = Blueprint("images", __name__)
@@ -38,11 +40,18 @@ def negotiate(requested: str, preferences: tuple[str, ...]) -> str:
     return preferences[-1]
 
 
-def _caching_headers(args: dict, etag: str) -> dict[str, str]:
+def _caching_headers(args: dict, etag: str, shared_ttl: int) -> dict[str, str]:
     max_age = _MAX_AGE
     if args["expires"] is not None:
         max_age = max(0, min(_MAX_AGE, args["expires"] - int(time.time())))
+    shared = min(max_age, shared_ttl)
     headers = {
+        # Shared caches (nginx, CDNs) ask again every few minutes, so a takedown reaches
+        # them (DESIGN §7). nginx honours X-Accel-Expires over Cache-Control and does not
+        # pass it on; CDNs read the targeted CDN-Cache-Control or Surrogate-Control.
+        "X-Accel-Expires": str(shared),
+        "CDN-Cache-Control": f"public, max-age={shared}",
+        "Surrogate-Control": f"max-age={shared}",
         # Signed URLs never change meaning: browsers need not revalidate them.
         "Cache-Control": f"public, max-age={max_age}, immutable",
         "ETag": etag,
@@ -54,15 +63,27 @@ def _caching_headers(args: dict, etag: str) -> dict[str, str]:
     return headers
 
 
+@bp.errorhandler(TakenDown)
+def taken_down(error: TakenDown):
+    # nginx keeps the 451 in place of the image it cached, so it stops serving that copy
+    # even while the app is down (proxy_cache_use_stale). nginx before 1.23 honours
+    # X-Accel-Expires only ahead of Cache-Control: no-store, which error_response puts last.
+    ttl = current_services().settings.cache.shared_cache_ttl
+    return error_response(error.status, error.code, error.message,
+                          headers={"X-Accel-Expires": str(ttl)})
+
+
 @bp.get("/api/image")
 def image():
     args = load_query(_query, request.args)
     services = current_services()
     services.signer.verify({name: request.args.get(name) for name in SIGNED_PARAMS}, args["sig"])
+    # Before the 304: a shared cache revalidating its copy must hear of the takedown.
+    services.takedowns.check(args["url"])
     fmt = negotiate(args["format"], services.settings.imaging.auto_formats)
     job = RenderJob(args["url"], RenderSpec(args["width"], args["quality"], fmt))
     etag = services.renderer.etag(job)
-    headers = _caching_headers(args, etag)
+    headers = _caching_headers(args, etag, services.settings.cache.shared_cache_ttl)
     if request.if_none_match.contains_weak(etag.strip('"')) or request.if_none_match.star_tag:
         g.cache_status = "revalidated"
         return Response(status=304, headers=headers)

@@ -28,6 +28,12 @@ class _RequestContextFilter(logging.Filter):
         return True
 
 
+def _limiter_outages_only(record: logging.LogRecord) -> bool:
+    # Flask-Limiter says at INFO when its storage is back (limits shared again after
+    # counting per worker) and also every 429 (the metrics count those): keep the first.
+    return record.levelno >= logging.WARNING or "recovered" in record.getMessage()
+
+
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
@@ -45,8 +51,9 @@ def configure_logging(app: Flask, log_format: str) -> None:
     for name in ("qcimage", "flask-limiter", "pybreaker"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
-        logger.setLevel(logging.INFO if name == "qcimage" else logging.WARNING)
+        logger.setLevel(logging.INFO if name != "pybreaker" else logging.WARNING)
         logger.propagate = False
+    logging.getLogger("flask-limiter").filters[:] = [_limiter_outages_only]
 
     @app.before_request
     def assign_request_id():

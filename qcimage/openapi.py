@@ -85,11 +85,14 @@ _ERRORS = {
     413: "The upstream image is larger than this server accepts.",
     422: "The upstream image is not a supported image.",
     429: "Rate limit hit; `Retry-After` says when to try again.",
+    451: "`taken_down`: the operator removed this image; no URL of it is served.",
     500: "Internal error (quote the `requestId`).",
     502: "Upstream answered with an error or garbage.",
     503: "Upstream circuit open or a required backing service down; see `Retry-After`.",
     504: "Upstream timed out.",
 }
+
+_SHARED_CACHE_HEADERS = ("X-Accel-Expires", "CDN-Cache-Control", "Surrogate-Control")
 
 _RATE_HEADERS = {
     "X-RateLimit-Limit": "Requests allowed in the current window.",
@@ -206,6 +209,11 @@ def _image() -> dict:
         "Cache-Control": _header("`public, max-age=N, immutable`: N is at most 86400 and never "
                                  "beyond `expires`."),
         "Vary": _header("`Accept`, only when `format=auto`.", required=False),
+        "X-Accel-Expires": _header("Seconds nginx may keep the image before asking again "
+                                   "(`QCIMAGE_SHARED_CACHE_TTL`), so a takedown reaches it; "
+                                   "nginx does not pass it on."),
+        "CDN-Cache-Control": _header("`public, max-age=S`: the same lifetime for CDNs."),
+        "Surrogate-Control": _header("`max-age=S`: the same, for CDNs that read this one."),
         "Cross-Origin-Resource-Policy": _header("`cross-origin`: embeddable from any site."),
         "X-Content-Type-Options": _header("`nosniff`"),
         "X-Cache": _header("`HIT` or `MISS` in the rendered-image cache.",
@@ -229,8 +237,8 @@ def _image() -> dict:
                     "content": {mime: binary for mime in OUTPUT_FORMATS.values()}},
             "304": {"description": "`If-None-Match` matched: use the copy you have.",
                     "headers": {name: image_headers[name] for name in
-                                ("ETag", "Cache-Control", "Vary")}},
-            **_errors(400, 403, 404, 410, 413, 422, 429, 500, 502, 503, 504, say={
+                                ("ETag", "Cache-Control", "Vary", *_SHARED_CACHE_HEADERS)}},
+            **_errors(400, 403, 404, 410, 413, 422, 429, 451, 500, 502, 503, 504, say={
                 403: "Signature missing or wrong.",
                 404: "Upstream does not know the image.",
                 500: "The image could not be produced or watermarked; it is not served."}),

@@ -78,9 +78,13 @@ def qc_images():
                        f"if it is listed elsewhere, set storePlatform ({others})") from None
     if not ids:
         raise APIError(404, "no_images", f"product {product} on {platform} has no QC images")
+    # A product listing thousands of ids must not make a look-up unbounded in time,
+    # memory and bytes: the first max_product_images, in upstream order, and say so.
+    cap = services.settings.max_product_images
+    truncated = len(ids) > cap
     link = link_maker(args["quality"], args["format"])
     images = []
-    for image_id in ids:
+    for image_id in ids[:cap]:
         image = {
             "original": image_id,
             "watermarked": link(image_id, args["width"]),
@@ -93,7 +97,7 @@ def qc_images():
         images.append(image)
     body = _response.dump({
         "success": True, "productId": product, "storePlatform": platform,
-        "totalImages": len(images), "images": images})
+        "totalImages": len(images), "truncated": truncated, "images": images})
     headers = {"Cache-Control": "private, no-store"}
     if g.cache_status == "stale":
         headers["X-Stale"] = "1"

@@ -183,6 +183,9 @@ class ProductResponseSchema(Schema):
     productId = fields.String(required=True)
     storePlatform = fields.String(required=True)
     totalImages = fields.Integer(required=True)
+    truncated = fields.Boolean(required=True, metadata={
+        "description": "true when upstream listed more images than QCIMAGE_MAX_PRODUCT_IMAGES "
+                       "and only the first ones (upstream order) are in `images`"})
     images = fields.List(fields.Nested(ImageLinkSchema), required=True)
 
 

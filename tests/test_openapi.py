@@ -173,7 +173,11 @@ def test_image_responses_are_documented_with_types_and_headers(spec):
     ok = image["responses"]["200"]
     assert set(ok["content"]) == set(OUTPUT_FORMATS.values())
     assert {"ETag", "Cache-Control", "Vary"} <= set(ok["headers"])
-    assert set(image["responses"]["304"]["headers"]) == {"ETag", "Cache-Control", "Vary"}
+    assert set(image["responses"]["304"]["headers"]) == {
+        "ETag", "Cache-Control", "Vary", "X-Accel-Expires", "CDN-Cache-Control",
+        "Surrogate-Control"}
+    assert {"X-Accel-Expires", "CDN-Cache-Control", "Surrogate-Control"} <= set(ok["headers"])
+    assert "451" in image["responses"]
     assert {"400", "403", "404", "410", "413", "422", "429", "502", "503", "504"} <= set(
         image["responses"])
     assert "sig" in image["description"] and "410" in image["description"]

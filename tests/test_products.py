@@ -30,6 +30,7 @@ def test_lookup_returns_signed_links_in_upstream_order_without_repeats(api_get, 
     assert body["productId"] == "7494645791"
     assert body["storePlatform"] == "WEIDIAN"
     assert body["totalImages"] == 3
+    assert body["truncated"] is False
     assert [i["original"] for i in body["images"]] == ["n4EYdIoE", "cR-eVGrQ", "Zz_9-aaB"]
     first = body["images"][0]
     assert first["watermarked"].startswith(PUBLIC + "/api/image?")

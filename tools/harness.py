@@ -194,17 +194,19 @@ class Upstream(ManagedProcess):
         requests.delete(f"{self.url}/_faults", timeout=5).raise_for_status()
 
 
-def start_upstream(tmp, samples_dir=SAMPLES_DIR, timeout=120.0):
+def start_upstream(tmp, samples_dir=SAMPLES_DIR, timeout=120.0, *, host=None):
     """Run the stand-in upstream on a free port; return it once it printed READY.
 
-    The samples folder outlives the run so images are generated only once.
+    The samples folder outlives the run so images are generated only once. ``host``
+    (a tools.netns host) runs it there, on its address; default loopback.
     """
     tmp = Path(tmp)
-    argv = [sys.executable, "-m", "tools.upstream", "--host", "127.0.0.1", "--port", "0",
+    address = host.address if host else "127.0.0.1"
+    argv = [sys.executable, "-m", "tools.upstream", "--host", address, "--port", "0",
             "--samples-dir", samples_dir]
-    upstream = Upstream("upstream", argv, cwd=ROOT, env=clean_env(HOME=tmp),
-                        log_path=tmp / "upstream.log")
-    upstream.url = _wait_log_line(upstream, r"^READY (http://127\.0\.0\.1:\d+)\s*$",
+    upstream = Upstream("upstream", host.argv(argv) if host else argv, cwd=ROOT,
+                        env=clean_env(HOME=tmp), log_path=tmp / "upstream.log")
+    upstream.url = _wait_log_line(upstream, rf"^READY (http://{re.escape(address)}:\d+)\s*$",
                                   timeout).group(1)
     return upstream
 
@@ -228,21 +230,24 @@ class Gunicorn(ManagedProcess):
 
 
 def start_gunicorn(env, workers=2, *, tmp, port=None, wsgi_app="wsgi:app", cwd=ROOT,
-                   ready_path="/health", timeout=60.0):
+                   ready_path="/health", timeout=60.0, host=None):
     """Run ``gunicorn -c gunicorn.conf.py`` on a free port; return it once ready.
 
     ``env`` is laid over a clean environment that already holds QCIMAGE_BIND and
     QCIMAGE_WORKERS. Pass ``port`` when the env must know it in advance (for
-    QCIMAGE_PUBLIC_URL).
+    QCIMAGE_PUBLIC_URL). ``host`` (a tools.netns host) runs it there, on its address.
     """
     tmp = Path(tmp)
     port = port or free_port()
-    full_env = clean_env(HOME=tmp, QCIMAGE_BIND=f"127.0.0.1:{port}", QCIMAGE_WORKERS=workers)
+    address = host.address if host else "127.0.0.1"
+    full_env = clean_env(HOME=tmp, QCIMAGE_BIND=f"{address}:{port}", QCIMAGE_WORKERS=workers)
     full_env.update({key: str(value) for key, value in env.items()})
     argv = [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONF, wsgi_app]
-    server = Gunicorn("gunicorn", argv, cwd=cwd, env=full_env,
-                      log_path=tmp / f"gunicorn-{port}.log")
-    server.url = f"http://127.0.0.1:{port}"
+    server = Gunicorn(f"gunicorn-{host.name}" if host else "gunicorn",
+                      host.argv(argv) if host else argv, cwd=cwd, env=full_env,
+                      log_path=tmp / (f"gunicorn-{host.name}-{port}.log" if host
+                                      else f"gunicorn-{port}.log"))
+    server.url = f"http://{address}:{port}"
     try:
         wait_http(server.url + ready_path, timeout, process=server)
         server.wait_workers(workers)

@@ -33,11 +33,17 @@ _WIDTH_RATIO = "o:"  # an image's stored/shown width ratio (EXIF-rotated sources
 
 
 class Store(Protocol):
-    def get(self, key: str) -> bytes | None: ...
-    def set(self, key: str, value: bytes, expire: float | None = None) -> None: ...
+    """Bytes by key. ``tag``: the image id an entry belongs to, so ``purge`` finds it."""
+
+    def get(self, key: str, *, tag: str | None = None) -> bytes | None: ...
+
+    def set(self, key: str, value: bytes, expire: float | None = None, *,
+            tag: str | None = None) -> None: ...
+
     def add(self, key: str, value: bytes, expire: float) -> bool: ...
     def renew(self, key: str, value: bytes, expire: float) -> bool: ...
     def delete(self, key: str) -> None: ...
+    def purge(self, tag: str) -> int: ...
 
 
 class DiskStore:
@@ -47,15 +53,17 @@ class DiskStore:
         directory.mkdir(parents=True, exist_ok=True)
         # least-recently-stored: a hit is a pure read. least-recently-used would write the
         # access time on every hit, so every worker's hits would queue on SQLite's write
-        # lock. timeout bounds SQLite lock waits.
+        # lock. timeout bounds SQLite lock waits. The tag index makes a purge by image id
+        # one indexed delete.
         self.cache = diskcache.Cache(str(directory), size_limit=size_limit, timeout=2,
-                                     eviction_policy="least-recently-stored")
+                                     eviction_policy="least-recently-stored", tag_index=True)
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str, *, tag: str | None = None) -> bytes | None:
         return self.cache.get(key)
 
-    def set(self, key: str, value: bytes, expire: float | None = None) -> None:
-        self.cache.set(key, value, expire=expire)
+    def set(self, key: str, value: bytes, expire: float | None = None, *,
+            tag: str | None = None) -> None:
+        self.cache.set(key, value, expire=expire, tag=tag)
 
     def add(self, key: str, value: bytes, expire: float) -> bool:
         return self.cache.add(key, value, expire=expire)
@@ -68,6 +76,9 @@ class DiskStore:
 
     def delete(self, key: str) -> None:
         self.cache.delete(key)
+
+    def purge(self, tag: str) -> int:
+        return self.cache.evict(tag)
 
     def close(self) -> None:
         self.cache.close()
@@ -121,12 +132,23 @@ class RedisStore:
     def ping(self) -> bool:
         return bool(self._call(False, self.client.ping))
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str, *, tag: str | None = None) -> bytes | None:
         return self._call(None, self.client.get, self.prefix + key)
 
-    def set(self, key: str, value: bytes, expire: float | None = None) -> None:
+    def set(self, key: str, value: bytes, expire: float | None = None, *,
+            tag: str | None = None) -> None:
         px = int(expire * 1000) if expire else None
-        self._call(None, self.client.set, self.prefix + key, value, px=px)
+        if tag is None:
+            self._call(None, self.client.set, self.prefix + key, value, px=px)
+            return
+        # A set of keys per image id: what purge(tag) deletes. Not a MULTI: in a Redis
+        # Cluster the two keys may live on different nodes.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.prefix + key, value, px=px).sadd(self._tag_key(tag), key)
+        self._call(None, pipe.execute)
+
+    def _tag_key(self, tag: str) -> str:
+        return f"{self.prefix}tag:{tag}"
 
     def add(self, key: str, value: bytes, expire: float) -> bool:
         # Redis down: nobody can coordinate, so everybody renders for themselves.
@@ -140,6 +162,15 @@ class RedisStore:
     def delete(self, key: str) -> None:
         self._call(None, self.client.delete, self.prefix + key)
 
+    def purge(self, tag: str) -> int:
+        keys = self._call(set(), self.client.smembers, self._tag_key(tag))
+        if not keys:
+            return 0
+        # redis-py splits a many-key DEL by node in a Redis Cluster.
+        deleted = self._call(0, self.client.delete, *(self.prefix + k.decode() for k in keys))
+        self._call(None, self.client.delete, self._tag_key(tag))
+        return int(deleted)
+
     def close(self) -> None:
         self.client.close()
 
@@ -151,17 +182,18 @@ class TieredStore:
         self.local = local
         self.shared = shared
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str, *, tag: str | None = None) -> bytes | None:
         value = self.local.get(key)
         if value is None:
             value = self.shared.get(key)
             if value is not None:
-                self.local.set(key, value)
+                self.local.set(key, value, tag=tag)
         return value
 
-    def set(self, key: str, value: bytes, expire: float | None = None) -> None:
-        self.local.set(key, value, expire)
-        self.shared.set(key, value, expire)
+    def set(self, key: str, value: bytes, expire: float | None = None, *,
+            tag: str | None = None) -> None:
+        self.local.set(key, value, expire, tag=tag)
+        self.shared.set(key, value, expire, tag=tag)
 
     def add(self, key: str, value: bytes, expire: float) -> bool:
         return self.shared.add(key, value, expire)
@@ -172,6 +204,9 @@ class TieredStore:
     def delete(self, key: str) -> None:
         self.local.delete(key)
         self.shared.delete(key)
+
+    def purge(self, tag: str) -> int:
+        return self.local.purge(tag) + self.shared.purge(tag)
 
 
 @dataclass(frozen=True)
@@ -238,13 +273,17 @@ class RenderCache:
         self.wait_timeout = wait_timeout
         self.lock_ttl = lock_ttl
 
-    def get(self, key: str) -> Entry | None:
-        raw = self.store.get(_RENDER + key)
+    def get(self, key: str, *, tag: str | None = None) -> Entry | None:
+        raw = self.store.get(_RENDER + key, tag=tag)
         return Entry.unpack(raw) if raw is not None else None
 
-    def get_or_render(self, key: str, render: Callable[[], Entry]) -> tuple[Entry, bool]:
-        """Return (entry, was_cached). Concurrent misses wait for the one that renders."""
-        entry = self.get(key)
+    def get_or_render(self, key: str, render: Callable[[], Entry], *,
+                      tag: str | None = None) -> tuple[Entry, bool]:
+        """Return (entry, was_cached). Concurrent misses wait for the one that renders.
+
+        ``tag`` (the image id) lets the store purge the render with the image's other entries.
+        """
+        entry = self.get(key, tag=tag)
         if entry is not None:
             return entry, True
         lock = _RENDER_LOCK + key
@@ -255,15 +294,15 @@ class RenderCache:
             if self.store.add(lock, token, expire=self.lock_ttl):
                 with _HeldLock(self.store, lock, token, self.lock_ttl):
                     # Someone may have finished between our miss and taking the lock.
-                    entry = self.get(key)
+                    entry = self.get(key, tag=tag)
                     if entry is not None:
                         return entry, True
                     entry = render()
-                    self.store.set(_RENDER + key, entry.pack())
+                    self.store.set(_RENDER + key, entry.pack(), tag=tag)
                     return entry, False
             time.sleep(pause)
             pause = min(pause * 1.5, 0.05)
-            entry = self.get(key)
+            entry = self.get(key, tag=tag)
             if entry is not None:
                 return entry, True
             if time.monotonic() > deadline:
@@ -278,8 +317,8 @@ class RenderCache:
             return None
         return width, height
 
-    def remember_size(self, key: str, width: int, height: int) -> None:
-        self.store.set(_SIZE + key, f"{width}x{height}".encode())
+    def remember_size(self, key: str, width: int, height: int, *, tag: str) -> None:
+        self.store.set(_SIZE + key, f"{width}x{height}".encode(), tag=tag)
 
     def width_ratio(self, image_id: str) -> float:
         """How much wider than shown an image is stored (1.0 until one is remembered)."""
@@ -287,7 +326,7 @@ class RenderCache:
         return float(raw) if raw else 1.0
 
     def remember_width_ratio(self, image_id: str, ratio: float) -> None:
-        self.store.set(_WIDTH_RATIO + image_id, repr(ratio).encode())
+        self.store.set(_WIDTH_RATIO + image_id, repr(ratio).encode(), tag=image_id)
 
 
 class LookupCache:

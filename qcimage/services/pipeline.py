@@ -14,6 +14,7 @@ from . import ServiceError
 from .cache import Entry, LookupCache, RenderCache, RenderTimeout
 from .imaging import RenderSpec, UnsupportedImage
 from .imaging.probe import Probe, probe
+from .takedown import TakedownList
 from .upstream import DoppelClient, Source, UpstreamTimeout
 
 if TYPE_CHECKING:  # the engine loads ImageMagick; the pipeline only holds one
@@ -22,21 +23,31 @@ if TYPE_CHECKING:  # the engine loads ImageMagick; the pipeline only holds one
 log = logging.getLogger(__name__)
 
 # Bump when the pipeline changes its output for the same inputs: old renders go stale.
-PIPELINE_VERSION = "1"
+# 2: cut or corrupt sources are refused (502) instead of rendered with grey rows, so a
+# render cached before may be such a partial image.
+PIPELINE_VERSION = "2"
 # Doppel's originals are at most this wide; asking for more only costs bytes.
 MAX_SOURCE_WIDTH = 5000
 
 
 class ProductLookup:
-    """Product look-ups through a short-lived cache; stale copies cover upstream outages."""
+    """Product look-ups through a short-lived cache; stale copies cover upstream outages.
 
-    def __init__(self, client: DoppelClient, cache: LookupCache):
+    Images taken down are left out of every answer, cached or not.
+    """
+
+    def __init__(self, client: DoppelClient, cache: LookupCache, takedowns: TakedownList):
         self.client = client
         self.cache = cache
+        self.takedowns = takedowns
 
     def image_ids(self, product_id: str, platform: str) -> tuple[list[str], str]:
         """(image ids, "hit" | "miss" | "stale"). Raises the upstream errors when nothing
         cached can stand in."""
+        ids, status = self._image_ids(product_id, platform)
+        return self.takedowns.without(ids), status
+
+    def _image_ids(self, product_id: str, platform: str) -> tuple[list[str], str]:
         key = f"{platform}:{product_id}"
         cached = self.cache.get(key)
         if cached is not None and cached[1]:
@@ -88,14 +99,18 @@ class RenderResult:
 
 
 class ImageRenderer:
-    """Cache → (one worker) fetch source → render with watermark → cache."""
+    """Cache → (one worker) fetch source → render with watermark → cache.
+
+    Every entry is stored tagged with its image id, so a takedown purges them all.
+    """
 
     def __init__(self, client: DoppelClient, cache: RenderCache, engine: ImagingEngine, *,
-                 source: SourcePolicy, watermark_fingerprint: str):
+                 source: SourcePolicy, watermark_fingerprint: str, takedowns: TakedownList):
         self.client = client
         self.cache = cache
         self.engine = engine
         self.source = source
+        self.takedowns = takedowns
         # Everything outside the request that changes the bytes: a new watermark, a new
         # ImageMagick or a new pipeline never serves an old render.
         self._key_prefix = "|".join((PIPELINE_VERSION, engine.settings_key(),
@@ -119,7 +134,8 @@ class ImageRenderer:
 
     def _remember_size(self, job: RenderJob, width: int, height: int) -> None:
         # For look-ups, so pages can reserve the space before the image loads.
-        self.cache.remember_size(self._size_key(job.image_id, job.spec.width), width, height)
+        self.cache.remember_size(self._size_key(job.image_id, job.spec.width), width, height,
+                                 tag=job.image_id)
 
     def etag(self, job: RenderJob) -> str:
         """Strong ETag known before rendering: same inputs, same bytes."""
@@ -160,11 +176,14 @@ class ImageRenderer:
             rendered = self.engine.render(source.data, job.spec, probed)
             timings["render_ms"] = (time.perf_counter() - started) * 1000
             metrics.RENDER_SECONDS.labels(job.spec.format).observe(timings["render_ms"] / 1000)
+            # Taken down while this render ran: neither stored nor served.
+            self.takedowns.check(job.image_id)
             self._remember_size(job, rendered.width, rendered.height)
             return Entry(data=rendered.data, mime=rendered.mime)
 
         try:
-            entry, cached = self.cache.get_or_render(self.cache_key(job), produce)
+            entry, cached = self.cache.get_or_render(self.cache_key(job), produce,
+                                                     tag=job.image_id)
         except RenderTimeout:
             raise UpstreamTimeout("timed out waiting for the image to be rendered") from None
         metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss").inc()

@@ -180,6 +180,10 @@ class LazyCluster:
                 raise redis.exceptions.ConnectionError(str(error)) from error
         return call
 
+    def ping(self) -> bool:
+        """Every primary answers: a dead node is an outage of its slots, not "ok"."""
+        return self.__getattr__("ping")(target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

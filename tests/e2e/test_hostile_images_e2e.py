@@ -18,6 +18,8 @@ import pytest
 import requests
 
 from tests.security.conftest import (
+    BOMB_COPIES,
+    BOMB_INFLATED,
     GIF_FIRST_FRAME,
     UPSTREAM_SECRET,
     Case,
@@ -25,6 +27,7 @@ from tests.security.conftest import (
     check_watermarked_still,
     hostile_corpus,
     png_bomb,
+    png_chunk_bomb,
     png_claiming,
 )
 from tests.test_images import MAGIC, base, signed
@@ -192,6 +195,25 @@ def test_pixel_bombs_leave_worker_memory_flat(start, upstream, capsys):
     for name, peak, growth in rows:
         assert peak < PEAK_LIMIT, f"{name}: peak {peak / MB:.0f} MB"
     for name, peak, growth in rows[:len(BOMBS)]:
+        assert growth < BOMB_GROWTH_LIMIT, f"{name}: grew {growth / MB:.0f} MB"
+
+
+def test_text_chunk_bombs_leave_worker_memory_flat(start, upstream, capsys):
+    # 770 KB PNGs whose zTXt/iTXt/iCCP chunks inflate to 768 MiB: served, watermarked,
+    # without the chunks ever being inflated (an ImageMagick decode took 3 GB for 1 MB).
+    server = start(QCIMAGE_MAX_SOURCE_BYTES=str(MAX_BYTES))
+    for _ in range(4):
+        check_good_render(server)
+    rows = []
+    for kind in (b"zTXt", b"iTXt", b"iCCP"):
+        body = png_chunk_bomb(kind, BOMB_INFLATED, BOMB_COPIES)
+        response, peak, growth = measured(server, lambda: ask(server, upstream, payload(body),
+                                                              format="png"))
+        check_case(response, Case(body, 200, format="png"))
+        rows.append((f"png {kind.decode()} bomb ({len(body) // 1024} KB)", peak, growth))
+    report(capsys, "text-chunk bombs", rows)
+    for name, peak, growth in rows:
+        assert peak < PEAK_LIMIT, f"{name}: peak {peak / MB:.0f} MB"
         assert growth < BOMB_GROWTH_LIMIT, f"{name}: grew {growth / MB:.0f} MB"
 
 

@@ -33,6 +33,9 @@ ERROR_KEYS = {"success", "error", "message", "requestId"}
 # Only GIF frame 0 has this colour: seeing it in the output proves frame 0 was rendered.
 GIF_FIRST_FRAME = (40, 90, 160)
 GIF_SIZE = (200, 150)
+# Text-chunk bombs: 3 chunks of 256 MiB of zeros each, 770 KB on the wire.
+BOMB_INFLATED = 256 * 1024 * 1024
+BOMB_COPIES = 3
 UPSTREAM_SECRET = "upstream-secret-4f1c: db01.internal /srv/doppel/app.py line 88"
 
 
@@ -67,6 +70,46 @@ def png_bomb(side: int, *, colour_type: int = 0, bit_depth: int = 8, level: int 
     palette = png_chunk(b"PLTE", bytes(3 * 2)) if colour_type == 3 else b""
     return (PNG_SIGNATURE + png_ihdr(side, side, bit_depth=bit_depth, colour_type=colour_type)
             + palette + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
+
+
+def flat_png(width: int = 400, height: int = 300, colour=(90, 120, 160)) -> bytes:
+    """An RGB PNG of one colour (as PIL writes it: IHDR, IDAT, IEND)."""
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(out, "PNG")
+    return out.getvalue()
+
+
+def png_with_chunks(png: bytes, chunks: list[bytes]) -> bytes:
+    """png with chunks inserted right after its IHDR (where text and profiles go)."""
+    after_ihdr = len(PNG_SIGNATURE) + 25
+    return png[:after_ihdr] + b"".join(chunks) + png[after_ihdr:]
+
+
+@functools.cache
+def zeros_deflated(size: int) -> bytes:
+    """zlib stream of size zero bytes (about size / 1030 bytes), built in pieces."""
+    deflate = zlib.compressobj(9)
+    piece = bytes(1024 * 1024)
+    return b"".join(deflate.compress(piece) for _ in range(size // len(piece))) + deflate.flush()
+
+
+def text_chunk_bomb(kind: bytes, inflated: int) -> bytes:
+    """A zTXt, iTXt or iCCP chunk whose zlib payload inflates to ``inflated`` bytes."""
+    head = {b"zTXt": b"Comment\x00\x00",                  # keyword, method 0
+            b"iTXt": b"Comment\x00\x01\x00en\x00\x00",      # compressed, language, no title
+            b"iCCP": b"icc\x00\x00"}[kind]                   # profile name, method 0
+    return png_chunk(kind, head + zeros_deflated(inflated))
+
+
+def png_chunk_bomb(kind: bytes, inflated: int, copies: int) -> bytes:
+    """A flat 400x300 PNG carrying ``copies`` chunks of kind, each inflating that much."""
+    return png_with_chunks(flat_png(), [text_chunk_bomb(kind, inflated)] * copies)
+
+
+def webp_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (400, 300), (90, 120, 160)).save(out, "WEBP", quality=80)
+    return out.getvalue()
 
 
 # --- JPEG ------------------------------------------------------------------------------
@@ -104,6 +147,11 @@ def _gif_blocks_end_of_first_frame(gif: bytes) -> int:
     while gif[pos]:
         pos += gif[pos] + 1
     return pos + 1
+
+
+def cut_first_frame(gif: bytes) -> bytes:
+    """gif cut in the middle of its first frame's image data."""
+    return gif[:_gif_blocks_end_of_first_frame(gif) - 40]
 
 
 def gif_with_huge_second_frame(gif: bytes) -> bytes:
@@ -245,10 +293,24 @@ def hostile_corpus(traps: Traps) -> dict[str, Case]:
     }
     for name, payload in scripts.items():
         cases[name] = (payload, *unsupported)
+    # Cut or corrupt after a whole header: a decoder would fill the rest with grey.
+    partial = ("upstream_error", 502)
+    png = flat_png()
+    webp = webp_bytes()
+    cases.update({
+        "jpeg cut at half its bytes": (photo[:len(photo) // 2], *partial),
+        "jpeg cut at half, then an end marker": (photo[:len(photo) // 2] + b"\xff\xd9",
+                                                 *partial),
+        "png cut inside its pixel data": (png[:len(png) - 40], *partial),
+        "png without its end chunk": (png[:-12], *partial),
+        "gif cut inside its first frame": (cut_first_frame(gif), *partial),
+        "webp cut at half its bytes": (webp[:len(webp) // 2], *partial),
+    })
     corpus = {name: Case(body, status, error) for name, (body, error, status) in cases.items()}
-    # Documented tolerance (imaging.policy.read_first_frame): a JPEG whose header is whole but
-    # whose scan data is cut is decoded partly, as browsers do, and served watermarked.
-    corpus["jpeg cut at half its bytes"] = Case(photo[:len(photo) // 2], 200, format="png")
+    # Text and profile chunks inflating far beyond the file: dropped before decoding.
+    for kind in (b"zTXt", b"iTXt", b"iCCP"):
+        corpus[f"png {kind.decode()} bomb"] = Case(
+            png_chunk_bomb(kind, BOMB_INFLATED, BOMB_COPIES), 200, format="png")
     corpus["gif with 200 frames"] = Case(gif, 200, format="png")
     corpus["gif with a 65535x65535 second frame"] = Case(gif_with_huge_second_frame(gif), 200,
                                                          format="png")

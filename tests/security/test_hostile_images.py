@@ -10,6 +10,7 @@ import io
 import itertools
 import math
 import re
+from pathlib import Path
 
 import pytest
 import responses
@@ -32,6 +33,7 @@ from tests.security.conftest import (
 from tests.test_images import MAGIC, base, signed
 
 MAX_BYTES = 1024 * 1024
+MB = 1024 * 1024
 GOOD_ID = "n4EYdIoE"
 # Apps here live for the module and cache renders: each request gets a fresh id or width.
 _fresh_ids = (f"hostile{n}" for n in itertools.count())
@@ -124,11 +126,43 @@ def test_hostile_source_gets_its_status_and_no_side_effects(
     check_still_serving(client, upstream, good_photo)
 
 
-def test_truncated_jpeg_keeps_the_decoded_top(client, upstream, corpus):
-    # The part before the cut is the photo (light background), not a blank frame.
-    response = ask(client, upstream, corpus["jpeg cut at half its bytes"].body, format="png")
-    pixels = check_watermarked_still(response.get_data(), "png", max_width=480)
-    assert pixels[:pixels.shape[0] // 5].mean() > 180
+@pytest.mark.parametrize("name", [name for name in corpus_names() if "cut" in name
+                                  or "without its end chunk" in name])
+def test_a_partial_source_is_502_never_cached_and_fetched_afresh(client, upstream, good_photo,
+                                                                 corpus, name):
+    image_id = next(_fresh_ids)
+    url = signed(base(url=image_id, format="png"))
+    serve(upstream, image_id, corpus[name].body)
+    first = client.get(url)
+    check_error(first.status_code, first.headers, first.get_data(), corpus[name])
+    # Upstream sends the whole image this time: the same URL renders it, fresh.
+    upstream.replace(responses.GET, IMAGE_URL, body=good_photo, content_type="image/jpeg")
+    second = client.get(url)
+    assert second.status_code == 200 and second.headers["X-Cache"] == "MISS"
+    assert len([c for c in upstream.calls if image_id in c.request.url]) == 2
+
+
+def test_text_chunk_bombs_are_dropped_before_decoding(client, upstream, corpus):
+    """Count bytes: the test process's peak RSS may grow by far less than one bomb inflates."""
+    clear_refs = Path("/proc/self/clear_refs")
+    for kind in ("zTXt", "iTXt", "iCCP"):
+        case = corpus[f"png {kind} bomb"]
+        clear_refs.write_text("5")  # VmHWM := VmRSS
+        before = memory()["VmRSS"]
+        response = ask(client, upstream, case.body, format="png")
+        growth = memory()["VmHWM"] - before
+        check_answer(response, case)
+        assert growth < 64 * MB, f"{kind}: peak grew {growth / MB:.0f} MB"
+
+
+def memory() -> dict[str, int]:
+    """This process's VmRSS and VmHWM in bytes."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0]) * 1024
+    return fields
 
 
 @pytest.mark.parametrize("name", ["gif with 200 frames", "gif with a 65535x65535 second frame"])

@@ -6,7 +6,9 @@ import threading
 
 import pytest
 
-from qcimage.services.cache import DiskStore, Entry, LookupCache, RenderCache, RenderTimeout
+from qcimage.services.cache import (DiskStore, Entry, LookupCache, RedisStore, RenderCache,
+                                    RenderTimeout, TieredStore)
+from tools import harness
 
 
 @pytest.fixture
@@ -134,3 +136,44 @@ def test_lookup_cache_disabled_with_zero_ttl(store):
     cache = LookupCache(store, ttl=0)
     cache.set("p", ["a"])
     assert cache.get("p") is None
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    server = harness.start_redis(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.stop()
+
+
+def fill(store, tag):
+    """Two renders, a size and a hint of ``tag``, and one entry of another image."""
+    RenderCache(store).get_or_render("k1", lambda: Entry(b"one", "image/webp"), tag=tag)
+    RenderCache(store).get_or_render("k2", lambda: Entry(b"two", "image/png"), tag=tag)
+    store.set("d:size", b"480x360", tag=tag)
+    store.set("o:hint", b"1.33", tag=tag)
+    store.set("r:other", b"kept", tag="otherImage")
+
+
+@pytest.mark.parametrize("kind", ["disk", "redis", "tiered"])
+def test_purge_deletes_every_entry_tagged_with_the_image_and_nothing_else(kind, tmp_path,
+                                                                          redis_url):
+    disk = DiskStore(tmp_path / "c", size_limit=10 ** 7)
+    shared = RedisStore(redis_url, prefix=f"test-{kind}:")
+    store = {"disk": disk, "redis": shared, "tiered": TieredStore(disk, shared)}[kind]
+    fill(store, "abc")
+    assert store.purge("abc") == (8 if kind == "tiered" else 4)
+    for key in ("r:k1", "r:k2", "d:size", "o:hint"):
+        assert store.get(key) is None
+    assert store.get("r:other") == b"kept"
+    assert store.purge("abc") == 0
+    disk.close()
+
+
+def test_a_shared_hit_copied_to_the_local_disk_keeps_its_tag(tmp_path, redis_url):
+    shared = RedisStore(redis_url, prefix="test-copy:")
+    shared.set("r:k", b"from another box", tag="abc")
+    disk = DiskStore(tmp_path / "c", size_limit=10 ** 7)
+    assert TieredStore(disk, shared).get("r:k", tag="abc") == b"from another box"
+    assert disk.get("r:k") == b"from another box"
+    assert disk.purge("abc") == 1 and disk.get("r:k") is None
+    disk.close()

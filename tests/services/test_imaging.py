@@ -662,3 +662,29 @@ def test_area_resize_is_close_to_lanczos(light_photo):
     assert area.shape == reference.shape
     psnr = 10 * np.log10(255 ** 2 / ((area - reference) ** 2).mean())
     assert psnr > 38, psnr
+
+
+def test_only_critical_and_small_pixel_chunks_reach_the_decoder():
+    # A palette PNG with transparency, gamma, a text chunk, a profile and a private chunk.
+    img = Image.new("P", (64, 48), 1)
+    img.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    out = io.BytesIO()
+    img.save(out, "PNG", transparency=0)
+    data = out.getvalue()
+    extra = (png_chunk(b"gAMA", struct.pack(">I", 45455)) + png_chunk(b"tEXt", b"a\x00b")
+             + png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(bytes(4096)))
+             + png_chunk(b"prVt", bytes(600)) + png_chunk(b"bKGD", bytes(1024)))
+    data = data[:33] + extra + data[33:]
+    probed = probe(data)
+    kept = probed.essential(data)
+    assert png_chunk_types(kept) == [b"IHDR", b"gAMA", b"PLTE", b"tRNS", b"IDAT", b"IEND"]
+    assert probe(kept) == probed
+    # Nothing to drop: the very same bytes, not a copy.
+    plain = bytearray(opaque := out.getvalue())
+    assert probe(opaque).essential(plain) is plain
+
+
+def test_a_png_flooded_with_chunks_is_refused_before_walking_them_all():
+    flood = png_header_only(64, 64)[:33] + png_chunk(b"tEXt", b"") * 100_001
+    with pytest.raises(UnsupportedImage):
+        probe(flood)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -16,6 +17,7 @@ from qcimage.services.imaging import probe as probe_module
 from qcimage.services.imaging.engine import ImagingEngine
 from qcimage.services.imaging.watermark import Watermark, WatermarkLayer
 from qcimage.services.pipeline import ImageRenderer, ProductLookup, RenderJob, SourcePolicy
+from qcimage.services.takedown import DiskTakedowns, TakedownList
 from qcimage.services.upstream import DoppelClient, UpstreamError
 
 BASE = "https://upstream.test"
@@ -42,10 +44,16 @@ def store(tmp_path):
     disk.close()
 
 
+def takedowns_beside(store):
+    """The takedown list kept in the store's cache folder, as the app keeps it."""
+    return TakedownList(DiskTakedowns(Path(store.cache.directory) / "takedowns"), refresh=0,
+                        purge=store.purge)
+
+
 def renderer(engine, store, source=SourcePolicy(), fingerprint="wm1"):
     client = DoppelClient(BASE, retries=0)
     return ImageRenderer(client, RenderCache(store), engine, source=source,
-                         watermark_fingerprint=fingerprint)
+                         watermark_fingerprint=fingerprint, takedowns=takedowns_beside(store))
 
 
 def requested_widths(calls):
@@ -136,7 +144,8 @@ def test_cache_key_covers_every_input(engine, store):
 def test_stale_lookup_is_served_when_upstream_fails(store):
     now = [1000.0]
     lookup = ProductLookup(DoppelClient(BASE, retries=0),
-                           LookupCache(store, ttl=60, clock=lambda: now[0]))
+                           LookupCache(store, ttl=60, clock=lambda: now[0]),
+                           takedowns_beside(store))
     responses.get(BASE + "/api/v1/products/qcMedia", json={"data": {"image": "abc"}})
     assert lookup.image_ids("1", "WEIDIAN") == (["abc"], "miss")
     assert lookup.image_ids("1", "WEIDIAN") == (["abc"], "hit")
@@ -151,7 +160,8 @@ def test_stale_lookup_is_served_when_upstream_fails(store):
 def test_a_bug_is_raised_not_covered_by_a_stale_lookup(store, monkeypatch):
     now = [1000.0]
     client = DoppelClient(BASE, retries=0)
-    lookup = ProductLookup(client, LookupCache(store, ttl=60, clock=lambda: now[0]))
+    lookup = ProductLookup(client, LookupCache(store, ttl=60, clock=lambda: now[0]),
+                           takedowns_beside(store))
     responses.get(BASE + "/api/v1/products/qcMedia", json={"data": {"image": "abc"}})
     assert lookup.image_ids("1", "WEIDIAN") == (["abc"], "miss")
     now[0] += 120

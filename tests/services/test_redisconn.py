@@ -135,8 +135,11 @@ def test_a_cluster_shares_the_store_breaker_and_limits_and_outlives_a_dead_node(
     # Another box's breaker reads the same count.
     assert make_breaker(redis_client=store.client, redis_cluster=True).fail_counter == 1
 
+    assert store.ping()
     dead = homes[keys[0]]
     dead.kill()
+    # Readiness: one primary down is Redis down (its slots are), never "ok".
+    assert not store.ping()
     for key in keys:
         expected = None if homes[key] is dead else key.encode()
         assert store.get(key) == expected

@@ -420,6 +420,23 @@ def test_oversize_fault_sends_a_big_png_looking_body(http, upstream, content_len
     assert response.content.startswith(b"\x89PNG\r\n\x1a\n")
 
 
+@pytest.mark.parametrize("length", ["honest", "short", "none"])
+def test_truncate_fault_cuts_the_image_asked_for(http, upstream, length):
+    whole = get_image(http, upstream, "n4EYdIoE", width=300, format="jpeg").content
+    set_fault(http, upstream, mode="truncate", keep_percent=40, length=length, paths=["img"])
+    host, port = upstream.url.removeprefix("http://").split(":")
+    connection = HTTPConnection(host, int(port), timeout=10)
+    connection.request("GET", "/img?url=n4EYdIoE&width=300&format=jpeg")
+    response = connection.getresponse()
+    declared = response.getheader("Content-Length")
+    body = response.read()
+    connection.close()
+    cut = whole[:len(whole) * 40 // 100]
+    # "short" sends the whole image after declaring the cut length; a client reads the cut.
+    assert body == cut
+    assert declared == (None if length == "none" else str(len(cut)))
+
+
 def test_redirect_fault_points_at_a_reserved_address(http, upstream):
     set_fault(http, upstream, mode="redirect", paths=["img"])
 

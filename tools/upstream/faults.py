@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tools.samples import find_product
 from tools.upstream.catalogue import product_document
-from tools.upstream.images import DEFAULT_QUALITY, png_header
+from tools.upstream.images import DEFAULT_QUALITY, image_params, png_header
 
 log = logging.getLogger("tools.upstream")
 
@@ -35,9 +35,14 @@ _MODE_DEFAULTS: dict[str, dict] = {
     "redirect": {"status": 302, "location": None},
     "payload": {"status": 200, "content_type": "application/octet-stream",
                 "body_b64": None, "file": None, "headers": {}},
+    # The image as asked for, cut to keep_percent of its bytes. length: "honest" declares
+    # the cut length, "short" declares it but sends the whole image after it, "none"
+    # declares nothing and closes the connection after the cut.
+    "truncate": {"keep_percent": 50, "length": "honest"},
 }
+_TRUNCATE_LENGTHS = {"honest", "short", "none"}
 _SHAPES = {"no_data", "list", "null", "string"}
-_NUMBERS = {"ms", "bytes", "status", "size", "chunk", "interval_ms"}
+_NUMBERS = {"ms", "bytes", "status", "size", "chunk", "interval_ms", "keep_percent"}
 
 
 @dataclass
@@ -91,6 +96,10 @@ class Fault:
             raise ValueError("chunk must be at least 1 (an empty chunk ends the body)")
         if mode == "wrong_shape" and fault.options["shape"] not in _SHAPES:
             raise ValueError(f"shape must be one of {sorted(_SHAPES)}")
+        if mode == "truncate" and (fault.options["length"] not in _TRUNCATE_LENGTHS
+                                   or not 0 <= fault.options["keep_percent"] < 100):
+            raise ValueError(f"length must be one of {sorted(_TRUNCATE_LENGTHS)} and "
+                             "keep_percent below 100")
         return fault
 
     def _payload_body(self) -> bytes:
@@ -314,6 +323,26 @@ class FaultPlayer:
             data = (block if sent else first)[:min(len(block), size - sent)]
             self.wfile.write(data)
             sent += len(data)
+
+    def _fault_truncate(self, kind, opts, fault) -> None:
+        if kind == "img":
+            params = image_params(self.query.get("width", ""),
+                                  self.query.get("format", "").lower(),
+                                  self.query.get("quality", ""))
+            body, content_type = self.server.store.render(self.query.get("url", ""), *params)
+        else:
+            body, content_type = self._normal_body(kind), _content_type(kind)
+        cut = body[:len(body) * int(opts["keep_percent"]) // 100]
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        if opts["length"] == "none":
+            self.send_header("Connection", "close")
+        else:
+            self.send_header("Content-Length", str(len(cut)))
+        self.end_headers()
+        # "short": the rest follows where the next response would start; then close.
+        self.wfile.write(body if opts["length"] == "short" else cut)
+        self.close_connection = True
 
     def _fault_redirect(self, kind, opts, fault) -> None:
         location = opts["location"] or REDIRECT_HOST + self.path

@@ -49,6 +49,21 @@ class ImageTooLarge(ImagingError):
     code = "image_too_large"
 
 
+class TooSmallToWatermark(UnsupportedImage):
+    """The output would be too small or too thin for its watermark to be seen."""
+
+
+class SourceTruncated(ImagingError):
+    """The source ends before its image does: upstream sent part of it.
+
+    Never decoded into an image with missing rows, never cached: the next request
+    fetches it afresh. Upstream's fault, so a 502 like any other broken answer.
+    """
+
+    status = 502
+    code = "upstream_error"
+
+
 class WatermarkError(ImagingError):
     """The watermark could not be drawn: the image must not be served."""
 

@@ -102,12 +102,15 @@ class ImagingEngine:
                 f"and {MAX_SIDE} on a side are accepted")
         if spec.format not in available_output_formats():
             raise ImagingError(f"this server cannot write {spec.format}")
+        decoded = probed.essential(source)
+        if decoded is not source and isinstance(source, bytearray):
+            source.clear()  # consumed: only the essential copy stays for the decoder
         with Image() as img:
             try:
                 hinted = probed.format == "jpeg" and _hint_jpeg_size(img, probed, spec.width)
-                read_first_frame(img, source, probed.format)
-                if isinstance(source, bytearray):
-                    source.clear()
+                read_first_frame(img, decoded, probed.format)
+                if isinstance(decoded, bytearray):
+                    decoded.clear()
                 if img.orientation == "undefined" and probed.orientation != 1:
                     # ImageMagick 6 reads orientation from JPEG EXIF only; a PNG's eXIf or
                     # a WebP's EXIF chunk would leave the photo sideways.

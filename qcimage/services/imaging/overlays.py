@@ -10,7 +10,7 @@ from wand.drawing import Drawing
 from wand.exceptions import WandException
 from wand.image import Image
 
-from qcimage.services.imaging import UnsupportedImage, WatermarkError
+from qcimage.services.imaging import TooSmallToWatermark, UnsupportedImage, WatermarkError
 from qcimage.services.imaging.policy import raise_pending, read_first_frame
 from qcimage.services.imaging.probe import sniff_format
 from qcimage.services.imaging.watermark import Watermark, WatermarkLayer, read_asset
@@ -25,6 +25,11 @@ _MIN_POINTS = 6.0
 _TILE_STEP_X = 1.6
 _TILE_STEP_Y = 2.2
 _OVERLAY_CACHE_SIZE = 32
+# A placed mark is never smaller than this on either side (text then has ~4 px letters):
+# below it the request fails instead of serving an image whose mark cannot be seen.
+MIN_MARK_SIDE = 8
+# On frames far wider than tall the vertical margin is at most this share of the height.
+_MARGIN_SHARE = 8
 _FONT_MAGIC = (b"\x00\x01\x00\x00", b"OTTO", b"true", b"ttcf")
 
 
@@ -171,31 +176,46 @@ def _logo_overlay(data: bytes, target_w: int) -> Image:
 
 
 def _composite_placed(img: Image, mark: Image, layer: WatermarkLayer) -> None:
-    margin = round(layer.margin * img.width)
-    room_w = max(1, img.width - 2 * margin)
-    room_h = max(1, img.height - 2 * margin)
-    if mark.width > room_w or mark.height > room_h:  # very wide or tiny frames
-        shrink = min(room_w / mark.width, room_h / mark.height)
-        mark.resize(max(1, round(mark.width * shrink)), max(1, round(mark.height * shrink)))
+    margin_x = round(layer.margin * img.width)
+    # The margin is a fraction of the width; on a frame far wider than tall it would eat
+    # the whole height (a 40:1 frame kept no room for the mark), so it yields there.
+    margin_y = min(margin_x, img.height // _MARGIN_SHARE)
+    _fit_mark(img, mark, img.width - 2 * margin_x, img.height - 2 * margin_y)
     sides = set(layer.gravity.split("_"))
     x, y = (img.width - mark.width) // 2, (img.height - mark.height) // 2
     if "west" in sides:
-        x = margin
+        x = margin_x
     elif "east" in sides:
-        x = img.width - mark.width - margin
+        x = img.width - mark.width - margin_x
     if "north" in sides:
-        y = margin
+        y = margin_y
     elif "south" in sides:
-        y = img.height - mark.height - margin
+        y = img.height - mark.height - margin_y
     img.composite(mark, left=x, top=y, operator="over")
 
 
+def _fit_mark(img: Image, mark: Image, room_w: int, room_h: int) -> None:
+    """Shrink mark into room_w x room_h; TooSmallToWatermark when it would not show."""
+    if mark.width > room_w or mark.height > room_h:  # very wide, very tall or tiny frames
+        shrink = max(0.0, min(room_w / mark.width, room_h / mark.height))
+        width, height = round(mark.width * shrink), round(mark.height * shrink)
+        if min(width, height) < MIN_MARK_SIDE:
+            raise TooSmallToWatermark(
+                f"the {img.width}x{img.height} output is too small or too thin to carry a "
+                "visible watermark")
+        mark.resize(width, height)
+
+
 def _composite_tiled(img: Image, mark: Image) -> None:
+    _fit_mark(img, mark, img.width, img.height)
     # A brick pattern: every other row is shifted by half a step, so marks line up
     # diagonally and no straight crop avoids them.
     step_x = max(1, round(mark.width * _TILE_STEP_X))
     step_y = max(1, round(mark.height * _TILE_STEP_Y))
-    for row, top in enumerate(range(-step_y // 2, img.height, step_y)):
+    # Rows start half a step above the frame; a frame lower than a step gets one row
+    # in its middle instead, or no mark would be inside it.
+    first = -step_y // 2 if img.height >= step_y else (img.height - mark.height) // 2
+    for row, top in enumerate(range(first, img.height, step_y)):
         shift = step_x // 2 if row % 2 else 0
         for left in range(shift - step_x, img.width, step_x):
             if left + mark.width > 0:

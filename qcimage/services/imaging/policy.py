@@ -1,19 +1,22 @@
 """ImageMagick under our policy.xml: the one way bytes reach a decoder, and its limits."""
 
 import ctypes
+import logging
 from functools import cache
 from xml.etree import ElementTree
 
-from wand.api import library
+from wand.api import libmagick, library
 from wand.color import Color
 from wand.exceptions import WandException, WandRuntimeError
 from wand.image import Image
 from wand.resource import limits
 from wand.version import MAGICK_VERSION
 
-from qcimage.services.imaging import POLICY_DIR
+from qcimage.services.imaging import POLICY_DIR, SourceTruncated
 from qcimage.services.imaging.probe import output_format
 from qcimage.vocabulary import OUTPUT_FORMATS
+
+log = logging.getLogger(__name__)
 
 # Same as the width/height limit in policy/policy.xml ("16KP" is SI: 16000).
 MAX_SIDE = 16_000
@@ -45,9 +48,53 @@ def read_first_frame(img: Image, data: bytes | bytearray, fmt: str) -> None:
     # As Wand's own constructor does: a format left on the wand would make every later
     # encode silently produce it again, whatever img.format says.
     library.MagickSetFormat(img.wand, b"")
-    # Warnings (for example a truncated JPEG, decoded partly, as browsers do) are tolerated
-    # and cleared here, so that later checks only see their own step's problems.
+    missing = _missing_data_warning(img)
+    if missing:
+        log.warning("decoding a %s source: %s", fmt, missing)
+        raise SourceTruncated(f"the {fmt} source is cut short or corrupt")
+    # Other warnings (extraneous bytes, unknown chunks) are tolerated and cleared here, so
+    # that later checks only see their own step's problems.
     img.get_exception()
+
+
+class _ExceptionHead(ctypes.Structure):
+    """The first fields of MagickCore 6's ExceptionInfo, unchanged since 6.0."""
+
+    _fields_ = [("severity", ctypes.c_int), ("error_number", ctypes.c_int),
+                ("reason", ctypes.c_char_p), ("description", ctypes.c_char_p)]
+
+
+# Decoder warnings that mean rows are missing or made up (libjpeg fills them with grey):
+# for a QC photo that is an error, however browsers treat it.
+_MISSING_DATA = ("premature end", "truncat", "insufficient image data", "unexpected end",
+                 "huffman")
+_CORRUPT_IMAGE_WARNING = 325
+
+
+def _missing_data_warning(img: Image) -> str | None:
+    """The decoder's warning that data is missing, if it gave one.
+
+    Coders record warnings on the image, not the wand, where Wand never looks: they are
+    read with GetImageException.
+    """
+    _declare_image_exception_api()
+    info = libmagick.AcquireExceptionInfo()
+    try:
+        libmagick.GetImageException(library.GetImageFromMagickWand(img.wand), info)
+        head = ctypes.cast(info, ctypes.POINTER(_ExceptionHead)).contents
+        reason = (head.reason or b"").decode("utf-8", "replace").lower()
+        if head.severity == _CORRUPT_IMAGE_WARNING and any(w in reason for w in _MISSING_DATA):
+            return reason.split(" `")[0]
+        return None
+    finally:
+        libmagick.DestroyExceptionInfo(info)
+
+
+@cache
+def _declare_image_exception_api() -> None:
+    # Wand declares the others; GetImageException is MagickCore's and left undeclared.
+    libmagick.GetImageException.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    libmagick.GetImageException.restype = None
 
 
 def raise_pending(img: Image) -> None:

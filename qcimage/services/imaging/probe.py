@@ -6,11 +6,11 @@ Nothing reaches ImageMagick before this has passed, and nothing here imports Wan
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from qcimage.services.imaging import UnsupportedImage
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from qcimage.services.imaging import SourceTruncated, UnsupportedImage
+from qcimage.services.imaging.png import SIGNATURE as _PNG_SIGNATURE
+from qcimage.services.imaging.png import PngLayout, essential_chunks, walk_chunks
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG, DAC are not frames
 _JPEG_NO_LENGTH = frozenset(range(0xD0, 0xD8)) | {0x01, 0xD8}
 # EXIF orientations that swap width and height.
@@ -38,6 +38,7 @@ class Probe:
     width: int  # stored, before EXIF orientation
     height: int
     orientation: int = 1  # EXIF 1-8
+    png_layout: PngLayout | None = field(default=None, repr=False, compare=False)
 
     @property
     def transposed(self) -> bool:
@@ -49,9 +50,19 @@ class Probe:
         """(width, height) as shown, after EXIF orientation."""
         return (self.height, self.width) if self.transposed else (self.width, self.height)
 
+    def essential(self, data: bytes | bytearray) -> bytes | bytearray:
+        """The bytes a decoder may see: a PNG without its costly ancillary chunks."""
+        if self.png_layout is None:
+            return data
+        return essential_chunks(data, self.png_layout)
+
 
 def probe(data: bytes | bytearray) -> Probe:
-    """Read format, stored size and orientation from the header alone, decoding nothing."""
+    """Read format, stored size and orientation from the headers, decoding nothing.
+
+    UnsupportedImage when the header is not one; SourceTruncated when the header is whole
+    but the file ends before its image does (a decoder would fill the rest with grey).
+    """
     fmt = sniff_format(data)
     try:
         width, height = _PROBES[fmt](data)
@@ -59,6 +70,13 @@ def probe(data: bytes | bytearray) -> Probe:
         raise UnsupportedImage(f"the {fmt} header is truncated") from exc
     if width < 1 or height < 1:
         raise UnsupportedImage(f"the {fmt} header has no size")
+    if fmt == "png":
+        layout = walk_chunks(data)
+        return Probe(fmt, width, height, _tiff_orientation(layout.exif), layout)
+    try:
+        _COMPLETE[fmt](data)
+    except (IndexError, struct.error):
+        raise SourceTruncated(f"the {fmt} source ends before its image does") from None
     return Probe(fmt, width, height, _source_orientation(data, fmt))
 
 
@@ -73,28 +91,19 @@ def output_format(data: bytes) -> str | None:
 
 
 def _source_orientation(data: bytes, fmt: str) -> int:
-    """EXIF orientation (1-8) from a JPEG APP1, PNG eXIf or WebP EXIF chunk; 1 if none."""
+    """EXIF orientation (1-8) from a JPEG APP1 or WebP EXIF chunk; 1 if none."""
     if fmt == "jpeg":
         return _jpeg_orientation(data)
+    return _tiff_orientation(_webp_exif(data) if fmt == "webp" else None)
+
+
+def _tiff_orientation(tiff: bytes | None) -> int:
+    if tiff is None:
+        return 1
     try:
-        tiff = _png_exif(data) if fmt == "png" else _webp_exif(data) if fmt == "webp" else None
-        if tiff is not None:
-            return _exif_orientation(tiff.removeprefix(b"Exif\x00\x00"))
+        return _exif_orientation(tiff.removeprefix(b"Exif\x00\x00"))
     except (IndexError, struct.error):
-        pass
-    return 1
-
-
-def _png_exif(data: bytes) -> bytes | None:
-    position = 8
-    while position + 8 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, position)
-        if kind == b"eXIf":
-            return bytes(data[position + 8:position + 8 + length])
-        if kind in (b"IDAT", b"IEND"):
-            return None  # eXIf must come before the pixels to count
-        position += 12 + length
-    return None
+        return 1
 
 
 def _webp_exif(data: bytes) -> bytes | None:
@@ -111,8 +120,8 @@ def _garbled(fmt: str) -> UnsupportedImage:
     return UnsupportedImage(f"the {fmt} header is not valid")
 
 
-def _jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """Yield (marker, payload) for each JPEG header segment up to the scan data."""
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes, int]]:
+    """Yield (marker, payload, end offset) for each JPEG header segment up to the scan."""
     pos = 2
     while True:
         if data[pos] != 0xFF:
@@ -126,14 +135,14 @@ def _jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
         (length,) = struct.unpack_from(">H", data, pos)
         if length < 2 or pos + length > len(data):
             raise _garbled("jpeg")
-        yield marker, data[pos + 2:pos + length]
+        yield marker, data[pos + 2:pos + length], pos + length
         if marker == 0xDA:  # start of scan: no frame header after this
             raise _garbled("jpeg")
         pos += length
 
 
 def _probe_jpeg(data: bytes) -> tuple[int, int]:
-    frame = next(payload for marker, payload in _jpeg_segments(data) if marker in _JPEG_SOF)
+    frame = next(payload for marker, payload, _ in _jpeg_segments(data) if marker in _JPEG_SOF)
     height, width = struct.unpack_from(">HH", frame, 1)
     return width, height
 
@@ -141,7 +150,7 @@ def _probe_jpeg(data: bytes) -> tuple[int, int]:
 def _jpeg_orientation(data: bytes) -> int:
     """EXIF orientation (1-8) of a JPEG, 1 when absent or unreadable."""
     try:
-        for marker, payload in _jpeg_segments(data):
+        for marker, payload, _ in _jpeg_segments(data):
             if marker in _JPEG_SOF:
                 break
             if marker == 0xE1 and payload.startswith(b"Exif\x00\x00"):
@@ -212,4 +221,34 @@ def _probe_webp(data: bytes) -> tuple[int, int]:
     raise _garbled("webp")
 
 
+def _jpeg_complete(data: bytes) -> None:
+    # Entropy-coded data never holds FF D9 (a data FF is always followed by 00), so an
+    # end-of-image marker after the first scan's header means the file was not cut.
+    scan = next(end for marker, _, end in _jpeg_segments(data) if marker == 0xDA)
+    if data.rfind(b"\xff\xd9", scan) < 0:
+        raise IndexError("no end of image")
+
+
+def _gif_complete(data: bytes) -> None:
+    # The first frame is all that is decoded: its image data must be whole.
+    flags = data[10]
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    while data[pos] == 0x21:  # extensions: label, then data sub-blocks
+        pos += 2
+        while data[pos]:
+            pos += data[pos] + 1
+        pos += 1
+    local = data[pos + 9]
+    pos += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0) + 1  # + LZW code size
+    while data[pos]:
+        pos += data[pos] + 1
+
+
+def _webp_complete(data: bytes) -> None:
+    (riff_size,) = struct.unpack_from("<I", data, 4)
+    if len(data) < 8 + riff_size:
+        raise IndexError("shorter than its RIFF size")
+
+
 _PROBES = {"jpeg": _probe_jpeg, "png": _probe_png, "gif": _probe_gif, "webp": _probe_webp}
+_COMPLETE = {"jpeg": _jpeg_complete, "gif": _gif_complete, "webp": _webp_complete}
