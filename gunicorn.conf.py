@@ -269,12 +269,31 @@ def on_starting(server):
     """
     if getattr(server.app, "app_uri", None) != wsgi_app:
         return
-    from qcimage import startup_report
+    from qcimage import pin_tenants_file, startup_report
 
     report = startup_report(workers=server.cfg.workers)
-    if report:
+    problems = [] if report else pin_tenants_file()
+    if report or problems:
         on_exit(server)
-        raise SystemExit(report)
+        raise SystemExit(report or "\n".join(problems))
+
+
+def on_reload(server):
+    """HUP: gunicorn starts new workers, which read the tenants file as the master pinned it.
+
+    A changed file is validated here first; an invalid one is refused with a log line and
+    the previous one stays pinned, so the new workers serve what the old ones did.
+    """
+    if getattr(server.app, "app_uri", None) != wsgi_app:
+        return
+    from qcimage import pin_tenants_file
+
+    problems = pin_tenants_file()
+    if problems:
+        server.log.error("tenants file refused on reload; workers keep the previous one: %s",
+                         "; ".join(problems))
+    elif _env("QCIMAGE_TENANTS_FILE"):
+        server.log.info("tenants file %s reloaded", _env("QCIMAGE_TENANTS_FILE"))
 
 
 def on_exit(server):

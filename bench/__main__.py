@@ -17,7 +17,7 @@ from pathlib import Path
 from tools import harness
 from tools.samples import SAMPLES_BY_ID, ensure_samples
 
-from . import inprocess, phases
+from . import inprocess, phases, scaleout
 from .report import DEFAULT_LABEL, FULL_LABEL, draw_chart, render_markdown
 from .servers import (BENCH_RATE_LIMIT, FULL_SOURCE, default_workers, production_env,
                       start_service)
@@ -149,6 +149,8 @@ def run(args: argparse.Namespace) -> dict:
         _recycling_server(results, args, upstream, tmp, workers)
         _full_source_server(results, args, upstream, tmp, workers)
         upstream.stop()
+        # Several boxes on network-namespace hosts (needs root, as `make test` does).
+        results["scaleout"] = _phase(results, "scaleout", scaleout.measure, tmp / "scaleout")
     finally:
         harness.stop_all()
         if args.keep:
@@ -284,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     chart = args.out.with_suffix(".png")
     draw_chart(results, chart)
-    args.out.write_text(render_markdown(results, chart.name) + "\n")
+    text = render_markdown(results, chart.name) + "\n"
+    if results.get("scaleout"):
+        text += "\n" + scaleout.markdown(results["scaleout"])
+    args.out.write_text(text)
     _log(f"wrote {args.out} and {chart}")
     if results["errors"]:
         _log(f"phases that failed: {', '.join(results['errors'])}")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import hmac
 import secrets
+from typing import TYPE_CHECKING
 
 from flask import g, request
 
-from .keys import hash_api_key
 from .errors import APIError
+from .wiring import current_services
+
+if TYPE_CHECKING:
+    from .tenants import Tenant
 
 # Names people try to pass keys under. Refused loudly: query strings end up in logs.
 _QUERY_KEY_NAMES = frozenset({"apikey", "api_key", "api-key", "key", "token", "access_token",
@@ -31,33 +34,21 @@ def presented_key() -> str | None:
     return None
 
 
-def key_name(key: str, keys: dict[str, str]) -> str | None:
-    """The configured name for ``key``; every stored hash is compared in constant time."""
-    digest = hash_api_key(key).encode()
-    name = None
-    for stored, stored_name in keys.items():
-        if hmac.compare_digest(digest, stored.encode()):
-            name = stored_name
-    return name
-
-
-def request_key_name() -> str | None:
-    """The name of the valid key this request presents, or None; worked out once.
+def request_key() -> tuple[Tenant, str] | None:
+    """(tenant, key name) of the valid key this request presents, or None; worked out once.
 
     Both the rate limiter (which runs first) and the API-key hook need it; hashing and
     comparing against every configured key twice per request would be waste.
     """
     if "api_key_resolved" not in g:
-        from . import current_services
-
         key = presented_key()
-        g.api_key_resolved = (key_name(key, current_services().settings.api_keys)
+        g.api_key_resolved = (current_services().settings.tenants.resolve_key(key)
                               if key else None)
     return g.api_key_resolved
 
 
 def require_api_key() -> None:
-    """before_request hook: set ``g.api_key_name`` or refuse with 400/401/403."""
+    """before_request hook: set ``g.tenant`` and ``g.api_key_name`` or refuse with 400/401/403."""
     if request.method == "OPTIONS":
         return  # CORS preflights carry no credentials by design; they reach no view.
     if any(name.lower() in _QUERY_KEY_NAMES for name in request.args):
@@ -73,7 +64,7 @@ def require_api_key() -> None:
                        "header")
         raise APIError(401, "api_key_missing", message,
                        headers={"WWW-Authenticate": 'Bearer realm="qcimage"'})
-    name = request_key_name()
-    if name is None:
+    resolved = request_key()
+    if resolved is None:
         raise APIError(403, "api_key_invalid", "the API key is not valid")
-    g.api_key_name = name
+    g.tenant, g.api_key_name = resolved

@@ -17,8 +17,9 @@ import click
 
 from .auth import new_api_key
 from .config import ConfigError, load_cache_settings
-from .envreader import PREFIX
+from .envreader import PREFIX, environment
 from .keys import hash_api_key, new_signing_key
+from .wiring import default_cache_dir
 
 _TENANTS_FILE = PREFIX + "TENANTS_FILE"
 
@@ -27,10 +28,8 @@ class _Configured:
     """A ``QCIMAGE_*`` list as the app would read it, and where it was found."""
 
     def __init__(self, name: str):
-        from . import _environment
-
         self.name = PREFIX + name
-        value = _environment(None).get(self.name)
+        value = environment().get(self.name)
         self.entries = [part.strip() for part in (value or "").split(",") if part.strip()]
         self.where = ("the environment" if os.environ.get(self.name) else
                       "./.env (read in development)" if value else None)
@@ -43,13 +42,17 @@ class _Configured:
         return f"{self.name}={','.join(entries)}"
 
 
+def _tenants_file() -> str | None:
+    return os.environ.get(_TENANTS_FILE, "").strip() or None
+
+
 def _api_keys() -> _Configured:
-    tenants_file = os.environ.get(_TENANTS_FILE, "").strip()
+    tenants_file = _tenants_file()
     if tenants_file:
         raise click.ClickException(
-            f"{_TENANTS_FILE}={tenants_file} is set, so API keys would live in that file, "
-            f"not in {PREFIX}API_KEYS; but tenants files are not supported by this version "
-            f"of qcimage yet. Unset {_TENANTS_FILE} and use {PREFIX}API_KEYS.")
+            f"{_TENANTS_FILE}={tenants_file} is set, so API keys live in that file, not in "
+            f"{PREFIX}API_KEYS: `qcimage tenants check` lists each tenant's keys; to revoke "
+            "one, delete its entry from the tenant's api_keys and send gunicorn's master HUP.")
     return _Configured("API_KEYS")
 
 
@@ -66,8 +69,14 @@ def keys_cli() -> None:
 @click.argument("name")
 def create_key(name: str) -> None:
     """Create a key for NAME: prints the key once, and the line to configure."""
-    configured = _api_keys()
     key = new_api_key()
+    if _tenants_file():
+        _note(f"API key for {name} (shown once, give it to the client): {key}")
+        _note(f"Add this entry to the tenant's api_keys in {_tenants_file()} (it holds only "
+              "the key's SHA-256), then send gunicorn's master HUP:")
+        click.echo(f'"{name}:{hash_api_key(key)}"')
+        return
+    configured = _api_keys()
     entries = configured.without(name)
     entries.append(f"{name}:{hash_api_key(key)}")
     _note(f"API key for {name} (shown once, give it to the client): {key}")
@@ -121,17 +130,79 @@ def signing_key() -> None:
     click.echo(configured.line([new_signing_key(), *configured.entries]))
 
 
+@click.group("tenants", help="Check the tenants file and preview a tenant's watermark.")
+def tenants_cli() -> None:
+    pass
+
+
+def _tenants(tenants_file: str | None):
+    """The tenants the service would start with (the file's problems as a ClickException)."""
+    from .config import load_settings
+
+    environ = dict(environment())
+    if tenants_file:
+        environ[_TENANTS_FILE] = tenants_file
+    try:
+        return load_settings(environ, default_cache_dir=default_cache_dir(),
+                             only_tenants=True).tenants
+    except ConfigError as error:
+        raise click.ClickException(f"{len(error.problems)} problem(s):\n  - "
+                                   + "\n  - ".join(error.problems)) from None
+
+
+_FILE_OPTION = click.option("--file", "tenants_file", metavar="PATH",
+                            help=f"check this file instead of {_TENANTS_FILE}'s")
+
+
+@tenants_cli.command("check")
+@_FILE_OPTION
+def check_tenants(tenants_file: str | None) -> None:
+    """Validate the tenants file as the service would at start-up or on HUP."""
+    tenants = _tenants(tenants_file)
+    source = tenants_file or _tenants_file()
+    _note(f"{source}: {len(tenants.by_name)} tenant(s), valid" if tenants.from_file else
+          f"{_TENANTS_FILE} is not set: the environment is one tenant, default")
+    for tenant in tenants.by_name.values():
+        marks = tenant.watermark.layers
+        layers = ", ".join(f"text {layer.text!r} {layer.gravity}" if layer.text else
+                           f"logo {layer.logo.name} {layer.gravity}" for layer in marks)
+        click.echo(f"{tenant.name}: keys {', '.join(sorted(set(tenant.api_keys.values()))) or '-'}"
+                   f"; watermark {layers}{' (tiled)' if marks[0].tile else ''}"
+                   f"; origins {', '.join(tenant.cors_origins) or '-'}"
+                   f"; referrers {', '.join(tenant.referrers) or 'any'}"
+                   f"; look-ups {tenant.lookup_limit} per key; images {tenant.image_limit} "
+                   "per client IP")
+
+
+@tenants_cli.command("preview")
+@click.argument("name")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="where to write the sheet (.png, .jpg or .webp)")
+@_FILE_OPTION
+def preview_tenant(name: str, out: Path, tenants_file: str | None) -> None:
+    """Draw NAME's watermark on light, dark and busy photos at 480, 960 and 2000 px."""
+    from .preview import PreviewUnavailable, contact_sheet
+
+    tenant = _tenants(tenants_file).by_name.get(name)
+    if tenant is None:
+        raise click.ClickException(f"no tenant named {name!r}")
+    try:
+        contact_sheet(name, tenant.watermark, out)
+    except PreviewUnavailable as error:
+        raise click.ClickException(str(error)) from None
+    _note(f"wrote {out}")
+
+
 class _TakedownPlace:
     """The takedown list and the caches this box shares with the service, from its settings."""
 
     def __init__(self):
-        from . import _environment, default_cache_dir
         from .services.cache import open_store
         from .services.takedown import open_takedowns
 
         default_dir = default_cache_dir()
         try:
-            self.settings = load_cache_settings(_environment(None), default_cache_dir=default_dir)
+            self.settings = load_cache_settings(environment(), default_cache_dir=default_dir)
         except ConfigError as error:
             raise click.ClickException(str(error)) from None
         _check_owner(self.settings.dir or default_dir)
@@ -238,5 +309,6 @@ def main() -> None:
     cli = click.Group(help="qcimage administration")
     cli.add_command(keys_cli)
     cli.add_command(secrets_cli)
+    cli.add_command(tenants_cli)
     cli.add_command(takedown_cli)
     sys.exit(cli.main(prog_name="qcimage", standalone_mode=True))

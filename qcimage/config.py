@@ -11,8 +11,9 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from limits import parse_many
 
@@ -21,6 +22,9 @@ from .keys import development_secrets, hash_api_key
 from .logformat import LOG_FORMATS, default_log_format
 from .services.imaging.watermark import Watermark, WatermarkLayer
 from .vocabulary import GRAVITIES, MAX_WIDTH, MIN_WIDTH, OUTPUT_FORMATS
+
+if TYPE_CHECKING:
+    from .tenants import Tenants
 
 __all__ = ["PREFIX", "ConfigError", "Settings", "load_settings", "per_worker_limit_problems"]
 
@@ -126,6 +130,8 @@ class Settings:
     logging: LoggingSettings
     gallery: bool                         # serve /gallery (a page for people)
     demo_secrets: dict[str, str] = field(default_factory=dict)
+    tenants_file: Path | None = None
+    tenants: Tenants | None = None     # set by load_settings: the file's, or `default` alone
 
     @property
     def is_production(self) -> bool:
@@ -305,6 +311,12 @@ def _parse_watermark(reader: EnvReader) -> tuple[WatermarkLayer, ...]:
             f"a watermark is required: set {PREFIX}WATERMARK_TEXT and/or {PREFIX}WATERMARK_LOGOS")
     if len(reader.errors) > problems_before:
         return ()  # said already; the layers would refuse the same values again
+    return watermark_layers(text, font, logos, common, logo_common)
+
+
+def watermark_layers(text: str | None, font: Path, logos: list[Path], common: dict,
+                     logo_common: dict) -> tuple[WatermarkLayer, ...]:
+    """The text layer (if any), then one layer per logo: the environment's and a tenant's."""
     layers = [WatermarkLayer(text=text, font=font, **common)] if text is not None else []
     return tuple(layers + [WatermarkLayer(logo=logo, **logo_common) for logo in logos])
 
@@ -329,12 +341,49 @@ _WHAT_TO_SET = {
 }
 
 
+def _refuse_mix_with_tenants_file(reader: EnvReader, problems: list[str]) -> None:
+    mixed = sorted(name for name in reader.environ
+                   if (name == PREFIX + "API_KEYS" or name.startswith(PREFIX + "WATERMARK_"))
+                   and reader.raw(name[len(PREFIX):]) is not None)
+    for name in mixed:
+        problems.append(f"{name} must be unset when {PREFIX}TENANTS_FILE is set: each "
+                        "tenant's keys and watermark come from that file only")
+
+
+# The validated text of the tenants file, set by the gunicorn master (gunicorn.conf.py) so
+# that workers it starts after a HUP with a broken file still get the last good one.
+TENANTS_SNAPSHOT = PREFIX + "TENANTS_SNAPSHOT"
+
+
+def _tenants(reader: EnvReader, settings: Settings, problems: list[str]) -> Tenants:
+    from .tenants import (LinkDefaults, Tenant, Tenants, load_tenants, read_tenants_file,
+                          single_tenant)
+
+    template = Tenant(name="", api_keys=settings.api_keys, watermark=settings.watermark,
+                      cors_origins=settings.cors_origins, lookup_limit=settings.limits.lookup,
+                      image_limit=settings.limits.image,
+                      defaults=LinkDefaults(srcset_widths=settings.srcset_widths,
+                                            link_ttl=settings.signed_url_ttl))
+    if settings.tenants_file is None:
+        return single_tenant(template)
+    text = reader.environ.get(TENANTS_SNAPSHOT)
+    if text is None:
+        text = read_tenants_file(settings.tenants_file, problems)
+        if text is None:
+            return Tenants({}, from_file=True)
+    return load_tenants(text, replace(template, api_keys={}), source=str(settings.tenants_file),
+                        errors=problems)
+
+
 def load_settings(environ: Mapping[str, str] | None = None, *,
-                  default_cache_dir: Path | None = None) -> Settings:
+                  default_cache_dir: Path | None = None, only_tenants: bool = False) -> Settings:
     """Read and validate the settings; raise ConfigError listing every problem.
 
     ``default_cache_dir`` is the cache folder when ``QCIMAGE_CACHE_DIR`` is unset.
+    ``only_tenants``: raise for the tenants file's problems only (``qcimage tenants``
+    checks a file where the service's other settings may not be set).
     """
+    tenant_problems: list[str] = []
     reader = EnvReader(os.environ if environ is None else environ)
     env = read_env(reader)
     api_keys = _parse_api_keys(reader)
@@ -343,10 +392,13 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     demo: dict[str, str] = {}
 
     cache_dir = reader.path("CACHE_DIR", default_cache_dir)
+    tenants_file = reader.path("TENANTS_FILE", None)
+    if tenants_file is not None:
+        _refuse_mix_with_tenants_file(reader, tenant_problems)
 
     if env == "production":
-        for name, value in (("API_KEYS", api_keys), ("SIGNING_KEYS", signing_keys),
-                            ("PUBLIC_URL", public_url)):
+        for name, value in (("API_KEYS", api_keys or tenants_file),
+                            ("SIGNING_KEYS", signing_keys), ("PUBLIC_URL", public_url)):
             if not value:
                 reader.errors.append(f"{PREFIX}{name} is not set: {_WHAT_TO_SET[name]}")
     else:
@@ -355,7 +407,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         invented, problem = development_secrets(cache_dir)
         if problem:
             reader.errors.append(problem)
-        if not api_keys:
+        if not api_keys and tenants_file is None:
             demo["api_key"] = reader.str("DEMO_API_KEY", None) or invented["api_key"]
             api_keys = {hash_api_key(demo["api_key"]): "demo"}
         if not signing_keys:
@@ -391,7 +443,14 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         logging=read_logging(reader, env),
         gallery=reader.bool("GALLERY", env == "development"),
         demo_secrets=demo,
+        tenants_file=tenants_file,
     )
+    settings = replace(settings, tenants=_tenants(reader, settings, tenant_problems))
+    if only_tenants:
+        if tenant_problems:
+            raise ConfigError(tenant_problems)
+        return settings
+    reader.errors += tenant_problems
     # A slow upstream must end in our 504, never in gunicorn killing the worker: the
     # whole fetch (deadline + one last socket read) plus a render has to fit.
     upstream, worker_timeout = settings.upstream, settings.limits.worker_timeout

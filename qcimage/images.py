@@ -6,23 +6,39 @@ import time
 
 from flask import Blueprint, Response, g, request
 
-from . import current_services
-from .errors import error_response
+from .errors import APIError, error_response
 from .extensions import client_ip, limiter
 from .schemas import ImageQuerySchema, load_query
 from .services.imaging import RenderSpec
 from .services.pipeline import RenderJob
-from .services.signing import SIGNED_PARAMS
+from .services.signing import SIGNED_PARAMS, URL_PARAMS, canonical_image_url
+from .tenants import Tenant
 from .services.takedown import TakenDown
 from .vocabulary import OUTPUT_FORMATS
+from .wiring import current_services
 
 bp = Blueprint("images", __name__)
 _query = ImageQuerySchema()
 _MAX_AGE = 86400
 
 
-limiter.limit(lambda: current_services().settings.limits.image, key_func=client_ip,
-              methods=["GET", "HEAD"])(bp)
+def _named_tenant() -> Tenant | None:
+    # Before the signature is checked: only which bucket counts. A made-up t is counted
+    # in the shared "-" bucket of its client IP, and then refused.
+    return current_services().settings.tenants.get(request.args.get("t"))
+
+
+def _rate_limit() -> str:
+    tenant = _named_tenant()
+    return tenant.image_limit if tenant else current_services().settings.limits.image
+
+
+def _rate_limit_key() -> str:
+    tenant = _named_tenant()
+    return f"{tenant.name if tenant else '-'}/{client_ip()}"
+
+
+limiter.limit(_rate_limit, key_func=_rate_limit_key, methods=["GET", "HEAD"])(bp)
 
 
 def negotiate(requested: str, preferences: tuple[str, ...]) -> str:
@@ -63,6 +79,36 @@ def _caching_headers(args: dict, etag: str, shared_ttl: int) -> dict[str, str]:
     return headers
 
 
+def _require_canonical_url() -> None:
+    """400 unless the URL is, byte for byte, the one a look-up wrote for these values.
+
+    Reordered or percent-encoded parameters, a trailing ``&``, ``//api/image`` or
+    ``/api/%69mage`` would serve the same bytes under another URL: another entry in
+    every cache in front. Checked on the request as sent, before any decoding.
+    """
+    canonical = canonical_image_url({name: request.args.get(name) for name in URL_PARAMS})
+    # QUERY_STRING is always the raw query; the raw path only survives in RAW_URI or
+    # REQUEST_URI (gunicorn sets both), else the decoded path is all there is.
+    raw_uri = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    raw_path = raw_uri.split("?", 1)[0] if raw_uri else request.path
+    if f"{raw_path}?{request.query_string.decode('latin-1')}" != canonical:
+        raise APIError(400, "non_canonical_url",
+                       f"use the image URL exactly as the look-up returned it: {canonical} "
+                       "(parameters in that order, nothing added, re-encoded or reordered)")
+
+
+def _signed_tenant(name: str | None) -> Tenant:
+    """The tenant a verified link names, if it may be shown on the page asking."""
+    tenant = current_services().settings.tenants.get(name)
+    if tenant is None:
+        raise APIError(403, "unknown_tenant", "this image link belongs to a site that is not "
+                       "configured here (any more); look the product up again")
+    if not tenant.allows_referrer(request.headers.get("Referer")):
+        raise APIError(403, "hotlink_refused", "this image may only be shown on the pages of "
+                       "the site it was made for")
+    return tenant
+
+
 @bp.errorhandler(TakenDown)
 def taken_down(error: TakenDown):
     # nginx keeps the 451 in place of the image it cached, so it stops serving that copy
@@ -78,10 +124,13 @@ def image():
     args = load_query(_query, request.args)
     services = current_services()
     services.signer.verify({name: request.args.get(name) for name in SIGNED_PARAMS}, args["sig"])
+    _require_canonical_url()
     # Before the 304: a shared cache revalidating its copy must hear of the takedown.
     services.takedowns.check(args["url"])
+    g.tenant = _signed_tenant(args["t"])
     fmt = negotiate(args["format"], services.settings.imaging.auto_formats)
-    job = RenderJob(args["url"], RenderSpec(args["width"], args["quality"], fmt))
+    job = RenderJob(args["url"], RenderSpec(args["width"], args["quality"], fmt),
+                    brand=services.brands[g.tenant.name])
     etag = services.renderer.etag(job)
     headers = _caching_headers(args, etag, services.settings.cache.shared_cache_ttl)
     if request.if_none_match.contains_weak(etag.strip('"')) or request.if_none_match.star_tag:

@@ -46,7 +46,8 @@ The watermarked image behind a link returned by `GET /api/qc-images` (`images[].
 and `srcset`). Use those URLs as they are; do not build them.
 
 **Signed URLs.** `sig` is an HMAC-SHA256 (base64url, no padding) over `url`, `width`,
-`quality`, `format` and `expires` exactly as written in the URL. A parameter left out is
+`quality`, `format`, `expires` and `t` (the site whose look-up made the link, when the
+server hosts several) exactly as written in the URL. A parameter left out is
 signed as absent, so changing, adding or dropping any of them (even `width=0960` for
 `width=960`) makes the signature wrong: **403**. `expires` is a Unix time in seconds; once
 it has passed the URL answers **410** and the client should look the product up again.
@@ -71,6 +72,9 @@ _NOTES = {
                               "response then carries `Vary: Accept`.",
     ("/api/image", "expires"): "Unix time (seconds) after which the URL answers 410. Part of "
                                "the signature.",
+    ("/api/image", "t"): "The site (tenant) whose look-up made the URL: its watermark is "
+                         "drawn. Part of the signature; a site no longer configured, or a page "
+                         "its `referrers` do not list, gets 403.",
     ("/api/image", "sig"): "HMAC-SHA256 of the other parameters, base64url without padding; "
                            "missing or wrong: 403.",
 }
@@ -79,7 +83,8 @@ _ERRORS = {
     400: "Invalid, unknown or repeated parameter; `unsupported_link`: a link that cannot be "
          "resolved offline (the message says what to paste instead).",
     401: "API key missing.",
-    403: "API key wrong.",
+    403: "API key wrong; image signature missing or wrong; unknown site (`unknown_tenant`); "
+         "page not allowed to embed it (`hotlink_refused`).",
     404: "Not found.",
     410: "The signed URL has expired: look the product up again.",
     413: "The upstream image is larger than this server accepts.",
@@ -239,7 +244,13 @@ def _image() -> dict:
                     "headers": {name: image_headers[name] for name in
                                 ("ETag", "Cache-Control", "Vary", *_SHARED_CACHE_HEADERS)}},
             **_errors(400, 403, 404, 410, 413, 422, 429, 451, 500, 502, 503, 504, say={
+                400: "Invalid, unknown or repeated parameter; `non_canonical_url`: the URL is "
+                     "not spelled exactly as the look-up wrote it (the message gives that "
+                     "spelling).",
                 403: "Signature missing or wrong.",
+                422: "The upstream image is not a supported image, or the output would be "
+                     "too small or too thin to carry a visible watermark.",
+                502: "Upstream answered with an error or garbage, or sent an image cut short.",
                 404: "Upstream does not know the image.",
                 500: "The image could not be produced or watermarked; it is not served."}),
         },

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 from flask import Blueprint, g, request
 
-from .auth import request_key_name, require_api_key
+from .auth import request_key
 from .errors import APIError
-from . import current_services
 from .extensions import client_ip, limiter
 from .schemas import (LinkQuerySchema, LinkResponseSchema, ProductQuerySchema,
                       ProductResponseSchema, load_query)
 from .services.links import resolve
+from .services.signing import canonical_image_url
 from .services.upstream import UpstreamNotFound
+from .tenants import Tenant
 from .vocabulary import PLATFORMS
+from .wiring import current_services
 
+# Guarded by the API-key hook, attached where it is registered (create_app).
 bp = Blueprint("products", __name__)
-bp.before_request(require_api_key)
 _query = ProductQuerySchema()
 _response = ProductResponseSchema()
 _link_query = LinkQuerySchema()
@@ -25,27 +25,34 @@ _link_response = LinkResponseSchema()
 
 
 def _rate_limit_key() -> str:
-    # The limiter runs before the API-key hook, so it resolves the key itself:
-    # valid keys share one bucket per key name, anything else is counted per IP.
-    name = request_key_name()
-    return f"key:{name}" if name else f"ip:{client_ip()}"
+    # The limiter runs before the API-key hook, so it resolves the key itself: valid keys
+    # share one bucket per tenant and key name, anything else is counted per IP.
+    resolved = request_key()
+    return f"key:{resolved[0].name}/{resolved[1]}" if resolved else f"ip:{client_ip()}"
+
+
+def _rate_limit() -> str:
+    resolved = request_key()
+    return resolved[0].lookup_limit if resolved else current_services().settings.limits.lookup
 
 
 # GET (and HEAD) only: CORS preflights must not spend the budget of the request they precede.
-# One budget per key for the whole blueprint: link resolutions count as look-ups.
-limiter.shared_limit(lambda: current_services().settings.limits.lookup, scope="lookup",
-                     key_func=_rate_limit_key, methods=["GET", "HEAD"])(bp)
+# One budget per tenant and key for the whole blueprint: link resolutions count as look-ups.
+limiter.shared_limit(_rate_limit, scope="lookup", key_func=_rate_limit_key,
+                     methods=["GET", "HEAD"])(bp)
 
 
-def link_maker(quality: int, fmt: str):
-    """``link(image_id, width)``: absolute signed /api/image URLs on the public base URL.
+def link_maker(tenant: Tenant, quality: int, fmt: str):
+    """``link(image_id, width)``: absolute signed /api/image URLs on the public base URL,
+    carrying the tenant (``t``) whose watermark they show.
 
     The expiry is worked out once per look-up, and so is each (image, width) link: the
     main link is usually one of the srcset's too.
     """
     services = current_services()
     settings = services.settings
-    expires = services.signer.expiry(settings.signed_url_ttl, settings.signed_url_bucket)
+    expires = services.signer.expiry(tenant.defaults.link_ttl, settings.signed_url_bucket)
+    t = settings.tenants.link_name(tenant)
     links: dict[tuple[str, int], str] = {}
 
     def link(image_id: str, width: int) -> str:
@@ -54,16 +61,25 @@ def link_maker(quality: int, fmt: str):
                       "format": fmt}
             if expires is not None:
                 params["expires"] = str(expires)
+            if t is not None:
+                params["t"] = t
             params["sig"] = services.signer.sign(params)
-            links[image_id, width] = f"{settings.public_url}/api/image?{urlencode(params)}"
+            links[image_id, width] = settings.public_url + canonical_image_url(params)
         return links[image_id, width]
 
     return link
 
 
+def _with_tenant_defaults(args: dict, tenant: Tenant) -> dict:
+    """The look-up's parameters, the tenant's defaults standing in for those not sent."""
+    return {**args, **{name: getattr(tenant.defaults, name)
+                       for name in ("width", "quality", "format") if name not in request.args}}
+
+
 @bp.get("/api/qc-images")
 def qc_images():
-    args = load_query(_query, request.args)
+    tenant = g.tenant
+    args = _with_tenant_defaults(load_query(_query, request.args), tenant)
     services = current_services()
     if "link" in args:
         resolved = resolve(args["link"])
@@ -71,7 +87,7 @@ def qc_images():
     else:
         product, platform = args["id"], args["storePlatform"]
     try:
-        ids, g.cache_status = services.lookup.image_ids(product, platform)
+        ids, g.cache_status = services.lookup.image_ids(product, platform, tenant.name)
     except UpstreamNotFound:
         others = ", ".join(p for p in PLATFORMS if p != platform)
         raise APIError(404, "not_found", f"product {product} was not found on {platform}; "
@@ -82,14 +98,14 @@ def qc_images():
     # memory and bytes: the first max_product_images, in upstream order, and say so.
     cap = services.settings.max_product_images
     truncated = len(ids) > cap
-    link = link_maker(args["quality"], args["format"])
+    link = link_maker(tenant, args["quality"], args["format"])
     images = []
     for image_id in ids[:cap]:
         image = {
             "original": image_id,
             "watermarked": link(image_id, args["width"]),
             "srcset": ", ".join(f"{link(image_id, w)} {w}w"
-                                for w in services.settings.srcset_widths),
+                                for w in tenant.defaults.srcset_widths),
         }
         size = services.renderer.known_size(image_id, args["width"])
         if size:

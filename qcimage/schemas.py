@@ -10,6 +10,8 @@ from marshmallow import (RAISE, Schema, ValidationError, fields, post_load, pre_
 from werkzeug.datastructures import MultiDict
 
 from .errors import APIError
+from .services.signing import SignatureInvalid
+from .tenants import TENANT_NAME
 from .services.links import MAX_LINK_LENGTH
 from .vocabulary import (DEFAULT_WIDTH, FORMAT_ALIASES, IMAGE_ID_PATTERN, MAX_WIDTH, MIN_WIDTH,
                          PLATFORMS, PRODUCT_ID_PATTERN, REQUEST_FORMATS)
@@ -115,6 +117,13 @@ class LinkQuerySchema(QuerySchema):
 class ImageQuerySchema(QuerySchema):
     """The public image URL. Values stay exactly as sent so the signature covers them."""
 
+    @pre_load
+    def refuse_repeats(self, data, **kwargs):
+        # Two t's name two watermarks: whichever one a reader picked, the link was tampered.
+        if isinstance(data, MultiDict) and len(data.getlist("t")) > 1:
+            raise SignatureInvalid("the image URL names its site (t) more than once")
+        return super().refuse_repeats(data, **kwargs)
+
     url = fields.String(required=True, validate=validate.Regexp(IMAGE_ID_PATTERN),
                         metadata={"rule": "is an image id: it may only contain letters, "
                                           "digits, '_' and '-' (1-64 characters)",
@@ -126,6 +135,9 @@ class ImageQuerySchema(QuerySchema):
         metadata={"rule": "must be one of " + ", ".join(REQUEST_FORMATS),
                   "enum": list(REQUEST_FORMATS)})
     expires = CanonicalInteger(0, 9_999_999_999, load_default=None)
+    t = fields.String(load_default=None, validate=validate.Regexp(TENANT_NAME.pattern),
+                      metadata={"rule": "must be the tenant the look-up wrote into the URL",
+                                "example": "shop-a"})
     # Any value is checked against the HMAC: a wrong signature is a 403, not a 400.
     sig = fields.String(load_default=None, validate=validate.Length(max=256),
                         metadata={"rule": "must be the signature returned with the URL"})

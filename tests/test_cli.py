@@ -10,7 +10,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from qcimage.cli import keys_cli, secrets_cli
+from qcimage.cli import keys_cli, secrets_cli, tenants_cli
 from qcimage.config import load_settings
 
 OTHER = "other:" + "0" * 64
@@ -73,15 +73,24 @@ def test_keys_list_ignores_a_stray_env_file_outside_development(run, tmp_path):
     assert listed.stderr.startswith("no keys: QCIMAGE_API_KEYS is set neither")
 
 
-@pytest.mark.parametrize("args", [("list",), ("create", "shop"), ("revoke", "shop")])
-def test_a_tenants_file_is_named_as_where_keys_live_and_refused_for_now(run, args):
+@pytest.mark.parametrize("args", [("list",), ("revoke", "shop")])
+def test_with_a_tenants_file_keys_are_listed_and_revoked_in_it(run, args):
     result = run(keys_cli, *args, QCIMAGE_TENANTS_FILE="/etc/qcimage/tenants.toml")
     assert result.exit_code == 1
     assert result.stdout == ""
     assert result.stderr == (
-        "Error: QCIMAGE_TENANTS_FILE=/etc/qcimage/tenants.toml is set, so API keys would live "
-        "in that file, not in QCIMAGE_API_KEYS; but tenants files are not supported by this "
-        "version of qcimage yet. Unset QCIMAGE_TENANTS_FILE and use QCIMAGE_API_KEYS.\n")
+        "Error: QCIMAGE_TENANTS_FILE=/etc/qcimage/tenants.toml is set, so API keys live in that "
+        "file, not in QCIMAGE_API_KEYS: `qcimage tenants check` lists each tenant's keys; to "
+        "revoke one, delete its entry from the tenant's api_keys and send gunicorn's master "
+        "HUP.\n")
+
+
+def test_with_a_tenants_file_create_prints_the_api_keys_entry(run):
+    result = run(keys_cli, "create", "shop", QCIMAGE_TENANTS_FILE="/etc/qcimage/tenants.toml")
+    assert result.exit_code == 0
+    key = result.stderr.splitlines()[0].rsplit(" ", 1)[1]
+    assert result.stdout == f'"shop:{hashlib.sha256(key.encode()).hexdigest()}"\n'
+    assert "api_keys in /etc/qcimage/tenants.toml" in result.stderr
 
 
 def test_revoking_an_unknown_key_says_where_it_looked(run):
@@ -113,3 +122,52 @@ def test_the_console_script_runs_both_groups_without_the_app(tmp_path):
         timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("QCIMAGE_SIGNING_KEYS=")
+
+
+def _tenants_file(tmp_path, watermark='{ text = "SHOP-A", position = "north_west" }'):
+    path = tmp_path / "tenants.toml"
+    path.write_text(f'[tenants.shop-a]\napi_keys = ["site:{"a" * 64}", "{"b" * 64}"]\n'
+                    f'cors_origins = ["https://shop-a.example"]\nwatermark = {watermark}\n')
+    return path
+
+
+def test_tenants_check_lists_each_tenant_of_a_valid_file(run, tmp_path):
+    path = _tenants_file(tmp_path)
+    result = run(tenants_cli, "check", QCIMAGE_TENANTS_FILE=str(path))
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"{path}: 1 tenant(s), valid\n"
+    assert result.stdout == (
+        "shop-a: keys shop-a, site; watermark text 'SHOP-A' north_west; origins "
+        "https://shop-a.example; referrers any; look-ups 100 per 15 minutes per key; images "
+        "300 per 15 minutes per client IP\n")
+
+
+def test_tenants_check_lists_every_problem_and_fails(run, tmp_path):
+    path = _tenants_file(tmp_path, '{ text = "A", position = "up", opacity = 9 }')
+    # Only the file is judged: the service's other settings need not be set here.
+    result = run(tenants_cli, "check", "--file", str(path))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: 2 problem(s):\n"
+        f"  - {path}: tenant 'shop-a', field 'watermark.position': must be one of north_west, "
+        "north, north_east, west, center, east, south_west, south, south_east, got 'up'\n"
+        f"  - {path}: tenant 'shop-a', field 'watermark.opacity': must be from 0.05 to 1.0, "
+        "got 9\n")
+
+
+def test_tenants_preview_draws_a_contact_sheet(run, tmp_path):
+    from PIL import Image
+
+    from qcimage.preview import CELL_WIDTH, SAMPLES, WIDTHS
+
+    out = tmp_path / "sheets" / "shop-a.png"
+    result = run(tenants_cli, "preview", "shop-a", "--out", str(out),
+                 QCIMAGE_TENANTS_FILE=str(_tenants_file(tmp_path)))
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as sheet:
+        columns = [min(width, CELL_WIDTH) for width in WIDTHS]
+        assert sheet.width == sum(columns) + 16 * (len(columns) + 1)
+        assert sheet.height > len(SAMPLES) * 360
+    assert run(tenants_cli, "preview", "shop-b", "--out", str(out),
+               QCIMAGE_TENANTS_FILE=str(_tenants_file(tmp_path))).stderr == \
+        "Error: no tenant named 'shop-b'\n"

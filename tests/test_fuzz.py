@@ -20,7 +20,7 @@ from qcimage.schemas import ImageQuerySchema
 from qcimage.services.imaging import RenderSpec
 from qcimage.services.imaging.engine import ImagingEngine
 from qcimage.services.imaging.watermark import Watermark
-from qcimage.services.signing import SIGNED_PARAMS, Signer
+from qcimage.services.signing import SIGNED_PARAMS, URL_PARAMS, Signer
 from qcimage.vocabulary import OUTPUT_FORMATS
 
 from .conftest import (API_KEY, IMAGE_URL, PRODUCT_URL, PUBLIC, SIGNING_KEY, UPSTREAM, key_line,
@@ -82,7 +82,9 @@ def _wire(value) -> str | None:
 
 def sign(query: dict) -> dict:
     params = {name: _wire(query[name]) for name in SIGNED_PARAMS if name in query}
-    return {**query, "sig": SIGNER.sign(params)}
+    signed = {**query, "sig": SIGNER.sign(params)}
+    # In the order a look-up writes them: any other order is refused (non_canonical_url).
+    return {name: signed[name] for name in (*URL_PARAMS, *signed) if name in signed}
 
 
 def _pick(case, choices: tuple):

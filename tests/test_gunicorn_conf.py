@@ -164,7 +164,7 @@ def test_gunicorn_accepts_every_value_and_knows_every_name(load_conf):
     config = Config()
     hooks = {name for name, value in settings(conf).items()
              if callable(value) and not isinstance(value, type)}
-    assert hooks == {"child_exit", "on_exit", "on_starting"}
+    assert hooks == {"child_exit", "on_exit", "on_reload", "on_starting"}
     assert ours == set(settings(conf)) - hooks
     for name, value in settings(conf).items():
         config.set(name, value)

@@ -103,7 +103,7 @@ def test_cache_zone_and_upstream_are_defined_at_http_level():
 def test_only_the_image_route_is_cached_and_only_as_the_app_says():
     image = location("= /api/image")
     assert "proxy_cache qcimage_images;" in image
-    assert "proxy_cache_key $request_uri;" in image
+    assert "proxy_cache_key $request_uri$qcimage_accept_key;" in image
     assert "proxy_cache_lock on;" in image
     # Stale only while the app cannot answer: an expired copy is revalidated before it is
     # served again, so a takedown (451) reaches this cache (DESIGN §7).
@@ -112,7 +112,8 @@ def test_only_the_image_route_is_cached_and_only_as_the_app_says():
     assert "add_header X-Cache-Status $upstream_cache_status always;" in image
     # Lifetimes come from the app's Cache-Control only.
     assert "proxy_cache_valid" not in DIRECTIVES
-    assert "proxy_ignore_headers" not in DIRECTIVES
+    # Only Vary is ignored: the key holds the negotiated format class instead.
+    assert re.findall(r"proxy_ignore_headers ([^;]+);", DIRECTIVES) == ["Vary"]
     assert re.findall(r"\bproxy_cache \w+;", DIRECTIVES) == ["proxy_cache qcimage_images;"]
     assert "proxy_cache" not in location("= /api/qc-images")
 
@@ -120,7 +121,7 @@ def test_only_the_image_route_is_cached_and_only_as_the_app_says():
 def test_no_location_drops_the_server_level_proxy_headers():
     for match_spec in ("= /api/image", "= /api/qc-images", "= /metrics", "/"):
         assert "proxy_set_header" not in location(match_spec)
-    assert TLS_SERVER.count("proxy_set_header") == 6
+    assert TLS_SERVER.count("proxy_set_header") == 7
 
 
 def test_proxy_timeouts_outlast_the_gunicorn_worker_timeout():
@@ -149,7 +150,8 @@ def app(environ, start_response):
             "xff": environ.get("HTTP_X_FORWARDED_FOR"),
             "proto": environ.get("HTTP_X_FORWARDED_PROTO"),
             "host": environ.get("HTTP_X_FORWARDED_HOST"),
-            "request_id": environ.get("HTTP_X_REQUEST_ID")}
+            "request_id": environ.get("HTTP_X_REQUEST_ID"),
+            "accept": environ.get("HTTP_ACCEPT")}
     with open(os.environ["RECORD_FILE"], "a") as record:
         record.write(json.dumps(seen) + "\\n")
     if "sleep" in query:
@@ -158,6 +160,8 @@ def app(environ, start_response):
     if "nocache" not in query:
         # Even /api/qc-images claims to be cacheable: nginx must not believe it.
         headers.append(("Cache-Control", "public, max-age=600"))
+    if query.get("format") == ["auto"]:
+        headers.append(("Vary", "Accept"))
     start_response("200 OK", headers)
     return [json.dumps(seen).encode()]
 '''
@@ -211,6 +215,35 @@ def test_cache_key_includes_the_whole_query(stack):
     other = stack.get("/api/image?url=abc&width=960&sig=two")
     assert other.headers["X-Cache-Status"] == "MISS"
     assert other.json()["query"] == "url=abc&width=960&sig=two"
+
+
+CHROME = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
+FIREFOX = "image/avif,image/webp,*/*"
+SAFARI_15 = "image/webp,image/png,image/svg+xml,image/*;q=0.8,video/*;q=0.8,*/*;q=0.5"
+OLD_BROWSER = "image/png,image/*;q=0.8,*/*;q=0.5"
+
+
+@pytest.mark.e2e
+def test_format_auto_is_cached_per_negotiated_class_not_per_accept_string(stack):
+    path = "/api/image?url=auto1&format=auto&sig=x"
+    answers = [stack.get(path, headers={"Accept": accept})
+               for accept in (CHROME, FIREFOX, SAFARI_15, "image/webp", OLD_BROWSER, "*/*")]
+    assert [a.headers["X-Cache-Status"] for a in answers] == [
+        "MISS", "HIT", "MISS", "HIT", "MISS", "HIT"]
+    # The app saw one reduced Accept per class, and answered each class once.
+    assert [a.json()["accept"] for a in answers[::2]] == [
+        "image/avif,image/webp", "image/webp", "*/*"]
+    assert stack.upstream_hits(path) == 3
+    assert answers[1].headers["Vary"] == "Accept"  # still said to browsers and CDNs
+
+
+@pytest.mark.e2e
+def test_a_fixed_format_ignores_accept_entirely(stack):
+    path = "/api/image?url=fixed1&format=webp&sig=x"
+    first = stack.get(path, headers={"Accept": CHROME})
+    second = stack.get(path, headers={"Accept": OLD_BROWSER})
+    assert (first.headers["X-Cache-Status"], second.headers["X-Cache-Status"]) == ("MISS", "HIT")
+    assert first.json()["accept"] == CHROME  # passed through untouched
 
 
 @pytest.mark.e2e

@@ -261,11 +261,11 @@ def test_cors_preflights_do_not_spend_the_rate_limit(env, upstream):
 
 
 def test_the_key_is_hashed_once_per_request(api_get, upstream, monkeypatch):
-    from qcimage import auth
+    from qcimage import tenants
 
     calls = []
-    real = auth.hash_api_key
-    monkeypatch.setattr(auth, "hash_api_key", lambda key: calls.append(key) or real(key))
+    real = tenants.hash_api_key
+    monkeypatch.setattr(tenants, "hash_api_key", lambda key: calls.append(key) or real(key))
     add_product(upstream)
     assert api_get(id="7494645791").status_code == 200
     assert len(calls) == 1

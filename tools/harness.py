@@ -297,11 +297,12 @@ def render_site_conf(text, *, http_port, https_port, upstream, cache_dir, cert, 
 
 
 def render_lb_conf(text, *, address, http_port, https_port, boxes, cache_dir, cert, key,
-                   log_dir):
+                   log_dir, image_cache=True):
     """Point the shipped balancer config at test boxes, addresses and paths.
 
     ``boxes`` (``host:port`` each) replace the three example boxes of both upstreams,
-    keeping each line's parameters (max_fails, fail_timeout).
+    keeping each line's parameters (max_fails, fail_timeout). ``image_cache=False``
+    turns the balancer's image cache off, so image hits measure the boxes (benchmarks).
     """
     name = "nginx/qcimage-lb.conf"
 
@@ -322,6 +323,8 @@ def render_lb_conf(text, *, address, http_port, https_port, boxes, cache_dir, ce
     rewrite(r"(^\s*ssl_certificate\s+)\S+;", rf"\g<1>{cert};", 1)
     rewrite(r"(^\s*ssl_certificate_key\s+)\S+;", rf"\g<1>{key};", 1)
     rewrite(r"(^\s*(?:access|error)_log )/var/log/nginx/", rf"\g<1>{log_dir}/", 2)
+    if not image_cache:
+        rewrite(r"(^\s*proxy_cache) qcimage_lb_images;", r"\g<1> off;", 1)
     return text
 
 
@@ -395,7 +398,8 @@ def start_nginx(tmp, upstream_port, site_conf=NGINX_SITE_CONF, *, http_port=None
                       timeout)
 
 
-def start_nginx_lb(tmp, boxes, *, host=None, ready_status=200, timeout=20.0):
+def start_nginx_lb(tmp, boxes, *, host=None, ready_status=200, timeout=20.0,
+                   image_cache=True):
     """Run the shipped balancer config (nginx/qcimage-lb.conf) over ``boxes``.
 
     ``host`` (a tools.netns host) runs nginx there, on its address; default loopback.
@@ -411,7 +415,7 @@ def start_nginx_lb(tmp, boxes, *, host=None, ready_status=200, timeout=20.0):
     rendered.write_text(render_lb_conf(
         NGINX_LB_CONF.read_text(), address=host.address, http_port=http_port,
         https_port=https_port, boxes=boxes, cache_dir=tmp / "cache", cert=cert, key=key,
-        log_dir=tmp))
+        log_dir=tmp, image_cache=image_cache))
     return _run_nginx(tmp, rendered, host.address, http_port, https_port, cert, ready_status,
                       timeout, host=host)
 

@@ -105,25 +105,40 @@ class Farm:
 
     def _start(self, redis):
         (self.tmp / "upstream").mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(3) as pool:
+        with ThreadPoolExecutor(4) as pool:
             upstream = pool.submit(start_upstream, self.tmp / "upstream",
                                    host=self.lab["upstream"])
-            sentinel = cluster = None
-            if "sentinel" in redis:
-                sentinel = pool.submit(redisha.start_sentinel_group, self.tmp / "sentinel",
-                                       self.lab["redis"])
+            cluster = None
             if "cluster" in redis:
                 cluster = pool.submit(redisha.start_cluster, self.tmp / "cluster",
                                       self.lab["redis"])
+            if "sentinel" in redis:
+                # The master serves at once; the sentinels find each other while the
+                # boxes boot.
+                self.sentinel = redisha.start_sentinel_group(
+                    self.tmp / "sentinel", self.lab["redis"], settle=False)
+                settled = pool.submit(self.sentinel.wait_settled)
             self.upstream = upstream.result()
-            self.sentinel = sentinel and sentinel.result()
+            if self.sentinel is None and cluster is not None:
+                self.cluster = cluster.result()
+            shared = self.sentinel or self.cluster
+            self.redis_url = shared.url if shared else None
+            boxes = pool.submit(self.start_boxes)
             self.cluster = cluster and cluster.result()
-        self.redis_url = (self.sentinel or self.cluster).url if (self.sentinel or
-                                                                 self.cluster) else None
-        self.start_boxes()
-        self.lb = start_nginx_lb(self.tmp / "lb", [self.box_address(n) for n in self.box_names],
-                                 host=self.lab["lb"])
+            if self.sentinel is not None:
+                settled.result()
+            boxes.result()
+        self.balance(self.box_names)
         self.session = requests.Session()
+
+    def balance(self, names, *, image_cache: bool = True):
+        """(Re)start the balancer over the boxes ``names`` (benchmarks vary how many)."""
+        if self.lb is not None:
+            self.lb.stop()
+        self.balanced = list(names)
+        self.lb = start_nginx_lb(self.tmp / f"lb-{len(names)}-{int(image_cache)}",
+                                 [self.box_address(n) for n in names], host=self.lab["lb"],
+                                 image_cache=image_cache)
 
     # ------------------------------------------------------------------ boxes
     def box_address(self, name: str) -> str:
@@ -241,12 +256,13 @@ class Farm:
         return self.get("/api/qc-images", key, params=params)
 
     def close(self):
-        for process in [getattr(self, "lb", None), *self.boxes.values(), self.upstream]:
-            if process is not None:
-                process.stop(timeout=10)
-        for group in (self.sentinel, self.cluster):
-            if group is not None:
-                group.stop()
+        """Stop everything at once (nothing is in flight any more), then the lab."""
+        groups = [g for g in (self.sentinel, self.cluster) if g is not None]
+        processes = [p for p in [self.lb, *self.boxes.values(), self.upstream,
+                                 *(process for g in groups for process in g.processes)]
+                     if p is not None]
+        with ThreadPoolExecutor(max(len(processes), 1)) as pool:
+            list(pool.map(lambda p: p.stop(timeout=10), processes))
         self.lab.close()
 
 
@@ -279,9 +295,9 @@ class Load:
         """Render the hit pool: every catalogue image at the default width, via the LB."""
         for product in CATALOGUE:
             for image in self.farm.look_up("exact7", product).json()["images"]:
-                url = image["watermarked"].split("://", 1)[1].split("/", 1)[1]
-                assert self.farm.get("/" + url).status_code == 200
-                self.hit_urls.append("/" + url)
+                path = path_of(image["watermarked"])
+                assert self.farm.get(path).status_code == 200
+                self.hit_urls.append(path)
         return self
 
     def __enter__(self):
@@ -354,5 +370,90 @@ class Load:
                                              params=params, headers=headers)
             if response is not None and response.ok and "width" in params:
                 url = response.json()["images"][0]["watermarked"]
-                self._request(session, "miss", "/" + url.split("://", 1)[1].split("/", 1)[1])
+                self._request(session, "miss", path_of(url))
         session.close()
+
+
+# ---------------------------------------------------------------------------- faults
+# Each runs one fault under ``load`` (a fresh Load) and returns its report; the farm is
+# whole again afterwards. Shared by tests/e2e/test_scaleout.py (which asserts on them)
+# and bench/scaleout.py (which counts their errors over longer loads).
+
+def path_of(url: str) -> str:
+    """The path and query of one of our absolute image links."""
+    return "/" + url.split("://", 1)[1].split("/", 1)[1]
+
+
+def _during(load: Load, fault, *args) -> LoadReport:
+    """``fault(*args)`` a quarter into the load; the load's report once it ends."""
+    with load:
+        time.sleep(load.seconds / 4)
+        fault(*args)
+    return load.report
+
+
+def kill_box(farm: Farm, load: Load, name: str = "box2") -> LoadReport:
+    """kill -9 one box under load; then it restarts and is back in rotation."""
+    report = _during(load, farm.kill_box, name)
+    farm.restart_box(name)
+    with load.again(seconds=60) as after:
+        farm.wait_in_rotation(name)
+        after.finish()
+    report.answers += after.report.answers
+    return report
+
+
+def rolling_restart(farm: Farm, load: Load) -> LoadReport:
+    """HUP every box (graceful, all at once), then stop/start one box at a time."""
+    load.seconds = max(load.seconds, 300)  # ended by the roll, not the clock
+    with load:
+        time.sleep(2)
+        with ThreadPoolExecutor(len(farm.box_names)) as pool:
+            list(pool.map(farm.reload_box, farm.box_names))
+        for name in farm.box_names:
+            farm.stop_box(name)
+            farm.restart_box(name)
+            farm.wait_in_rotation(name)
+        return load.finish()
+
+
+def sentinel_failover(farm: Farm, load: Load) -> LoadReport:
+    """kill -9 the Redis master; Sentinel promotes the replica; the old one rejoins."""
+    old = farm.sentinel.master()
+    report = _during(load, old.kill)
+    farm.sentinel.wait_failover(old)
+    old.start()
+    return report
+
+
+def redis_gone(farm: Farm, load: Load) -> tuple[LoadReport, dict]:
+    """Every Redis process (servers and sentinels) killed, then started again.
+
+    Returns the report and each box's readiness body seen during the outage.
+    """
+    group, seen = farm.sentinel, {}
+
+    def outage():
+        for process in group.processes:
+            process.kill()
+        time.sleep(load.seconds / 4)
+        seen.update(farm.readiness())
+        for process in group.processes:
+            process.start()
+
+    report = _during(load, outage)
+    group.wait_settled()
+    return report, seen
+
+
+def use_cluster(farm: Farm) -> None:
+    """Restart every box with the cluster for shared state and limits."""
+    farm.redis_url = farm.cluster.url
+    for name in farm.box_names:
+        farm.stop_box(name)
+    farm.start_boxes()
+
+
+def cluster_node_dies(farm: Farm, load: Load) -> LoadReport:
+    """kill -9 one of the three cluster nodes (no replica: its slots go unserved)."""
+    return _during(load, farm.cluster.nodes[1].kill)

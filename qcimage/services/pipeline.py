@@ -19,6 +19,7 @@ from .upstream import DoppelClient, Source, UpstreamTimeout
 
 if TYPE_CHECKING:  # the engine loads ImageMagick; the pipeline only holds one
     from .imaging.engine import ImagingEngine
+    from .imaging.overlays import WatermarkPainter
 
 log = logging.getLogger(__name__)
 
@@ -41,29 +42,40 @@ class ProductLookup:
         self.cache = cache
         self.takedowns = takedowns
 
-    def image_ids(self, product_id: str, platform: str) -> tuple[list[str], str]:
+    def image_ids(self, product_id: str, platform: str,
+                  tenant: str = "") -> tuple[list[str], str]:
         """(image ids, "hit" | "miss" | "stale"). Raises the upstream errors when nothing
-        cached can stand in."""
-        ids, status = self._image_ids(product_id, platform)
+        cached can stand in. ``tenant`` labels the cache metrics only: look-ups are shared."""
+        ids, status = self._image_ids(product_id, platform, tenant)
         return self.takedowns.without(ids), status
 
-    def _image_ids(self, product_id: str, platform: str) -> tuple[list[str], str]:
+    def _image_ids(self, product_id: str, platform: str,
+                   tenant: str) -> tuple[list[str], str]:
         key = f"{platform}:{product_id}"
         cached = self.cache.get(key)
         if cached is not None and cached[1]:
-            metrics.CACHE_REQUESTS.labels("lookup", "hit").inc()
+            metrics.CACHE_REQUESTS.labels("lookup", "hit", tenant).inc()
             return cached[0], "hit"
-        metrics.CACHE_REQUESTS.labels("lookup", "miss").inc()
+        metrics.CACHE_REQUESTS.labels("lookup", "miss", tenant).inc()
         try:
             ids = self.client.product_images(product_id, platform)
         except ServiceError as error:  # a bug of ours is never covered by a stale copy
             if cached is not None and error.status >= 500:
                 log.warning("serving stale look-up for %s: upstream failed", key)
-                metrics.CACHE_REQUESTS.labels("lookup", "stale").inc()
+                metrics.CACHE_REQUESTS.labels("lookup", "stale", tenant).inc()
                 return cached[0], "stale"
             raise
         self.cache.set(key, ids)
         return ids, "miss"
+
+
+@dataclass(frozen=True, eq=False)
+class Brand:
+    """One tenant's watermark as rendered: who, what draws it, and its fingerprint for keys."""
+
+    tenant: str
+    painter: WatermarkPainter
+    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,12 @@ class RenderJob:
 
     image_id: str
     spec: RenderSpec
+    brand: Brand | None = None   # None: the engine's own watermark
+
+    @property
+    def tenant(self) -> str:
+        """For metrics' tenant label."""
+        return self.brand.tenant if self.brand else ""
 
 
 @dataclass(frozen=True)
@@ -112,15 +130,18 @@ class ImageRenderer:
         self.source = source
         self.takedowns = takedowns
         # Everything outside the request that changes the bytes: a new watermark, a new
-        # ImageMagick or a new pipeline never serves an old render.
-        self._key_prefix = "|".join((PIPELINE_VERSION, engine.settings_key(),
-                                     watermark_fingerprint))
+        # ImageMagick or a new pipeline never serves an old render. Each tenant's renders
+        # are keyed by its own watermark's fingerprint: changing one re-renders its only.
+        self._key_prefix = "|".join((PIPELINE_VERSION, engine.settings_key()))
+        self._fingerprint = watermark_fingerprint
 
     def cache_key(self, job: RenderJob) -> str:
         src_width, src_format, src_quality = self.source.params(job)
         spec = job.spec
-        material = "|".join((self._key_prefix, job.image_id, str(spec.width), str(spec.quality),
-                             spec.format, str(src_width), src_format, str(src_quality)))
+        fingerprint = job.brand.fingerprint if job.brand else self._fingerprint
+        material = "|".join((self._key_prefix, fingerprint, job.image_id, str(spec.width),
+                             str(spec.quality), spec.format, str(src_width), src_format,
+                             str(src_quality)))
         return hashlib.sha256(material.encode()).hexdigest()
 
     def _size_key(self, image_id: str, width: int) -> str:
@@ -173,9 +194,11 @@ class ImageRenderer:
             source, probed = self._fetch_source(job)
             timings["upstream_ms"] = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
-            rendered = self.engine.render(source.data, job.spec, probed)
+            rendered = self.engine.render(source.data, job.spec, probed,
+                                          job.brand.painter if job.brand else None)
             timings["render_ms"] = (time.perf_counter() - started) * 1000
-            metrics.RENDER_SECONDS.labels(job.spec.format).observe(timings["render_ms"] / 1000)
+            metrics.RENDER_SECONDS.labels(job.spec.format, job.tenant).observe(
+                timings["render_ms"] / 1000)
             # Taken down while this render ran: neither stored nor served.
             self.takedowns.check(job.image_id)
             self._remember_size(job, rendered.width, rendered.height)
@@ -186,9 +209,9 @@ class ImageRenderer:
                                                      tag=job.image_id)
         except RenderTimeout:
             raise UpstreamTimeout("timed out waiting for the image to be rendered") from None
-        metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss").inc()
+        metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss", job.tenant).inc()
         if cached:
-            metrics.CACHE_BYTES.inc(len(entry.data))
+            metrics.CACHE_BYTES.labels(job.tenant).inc(len(entry.data))
             if self.known_size(job.image_id, job.spec.width) is None:
                 # Rendered before sizes were kept: read it off the header, once.
                 try:

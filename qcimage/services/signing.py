@@ -7,13 +7,28 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping, Sequence
+from urllib.parse import urlencode
 
 from . import ServiceError
 
 # Every parameter that changes the output or its cost. A parameter left out of the
 # URL is signed as absent, so dropping one (to fall back to a default) breaks the sig.
-SIGNED_PARAMS = ("url", "width", "quality", "format", "expires")
+SIGNED_PARAMS = ("url", "width", "quality", "format", "expires", "t")
+# Signed only when present: links made before tenants existed (no t) keep their signatures.
+# Present, t is one more length-prefixed field, so removing or adding it breaks the sig.
+_SIGNED_WHEN_PRESENT = frozenset({"t"})
+# An image URL's parameters in the one order a look-up writes them, and the only order
+# /api/image accepts: one image, one URL, one cache entry everywhere.
+URL_PARAMS = SIGNED_PARAMS + ("sig",)
+IMAGE_PATH = "/api/image"
 _VERSION = b"qcimage-image-v1"
+
+
+def canonical_image_url(params: Mapping[str, str | None]) -> str:
+    """Path and query of the image URL for these raw values: URL_PARAMS order, absent ones
+    left out, each value percent-encoded only where it must be."""
+    present = [(name, params[name]) for name in URL_PARAMS if params.get(name) is not None]
+    return f"{IMAGE_PATH}?{urlencode(present)}"
 
 
 class SignatureInvalid(ServiceError):
@@ -46,6 +61,8 @@ class Signer:
         parts = [_VERSION]
         for name in SIGNED_PARAMS:
             value = params.get(name)
+            if value is None and name in _SIGNED_WHEN_PRESENT:
+                continue
             field = b"-" if value is None else b"=" + value.encode("utf-8")
             parts.append(b"%d:%s%s" % (len(field), name.encode(), field))
         return b"\n".join(parts)

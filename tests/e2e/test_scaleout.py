@@ -18,10 +18,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
 
+from tools import scaleout
 from tools.netns import NetnsUnavailable, check_available
-from tools.scaleout import CATALOGUE, LOOKUP_LIMIT, Farm, Load
+from tools.scaleout import CATALOGUE, LOOKUP_LIMIT, Farm, Load, path_of
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,8 @@ def farm(tmp_path_factory):
         check_available()
     except NetnsUnavailable as error:
         pytest.fail(f"the scale-out tests need network namespaces: {error}")
-    farm = Farm(tmp_path_factory.mktemp("farm"), redis=("sentinel", "cluster"))
+    # One worker a box (gunicorn.conf.py's threads): boots, and so restarts, cost half.
+    farm = Farm(tmp_path_factory.mktemp("farm"), workers=1, redis=("sentinel", "cluster"))
     yield farm
     farm.close()
 
@@ -80,22 +81,13 @@ def wait_limits_shared(farm, timeout=60.0):
         time.sleep(0.5)
 
 
-def run(load, fault, *args):
-    """``fault(*args)`` in a thread a quarter into the load; the load's report."""
-    with load:
-        time.sleep(load.seconds / 4)
-        fault(*args)
-    return load.report
-
-
 def test_lookup_limits_are_exact_across_all_boxes(farm):
     assert_lookups_exact(farm, "exact0")
 
 
 def test_concurrent_identical_misses_on_every_box_fetch_once(farm):
     product = CATALOGUE[1]
-    url = farm.look_up("exact1", product, width=777).json()["images"][0]["watermarked"]
-    path = "/" + url.split("://", 1)[1].split("/", 1)[1]
+    path = path_of(farm.look_up("exact1", product, width=777).json()["images"][0]["watermarked"])
     fetches = farm.upstream.stats()["endpoints"].get("img", 0)
     boxes = [farm.box_names[n % 3] for n in range(32)]
     barrier = threading.Barrier(32)
@@ -112,60 +104,31 @@ def test_concurrent_identical_misses_on_every_box_fetch_once(farm):
 
 
 def test_kill_9_of_a_box_fails_no_request_and_it_takes_traffic_again(farm, load):
-    report = run(load, farm.kill_box, "box2")
-    assert not report.failed, report.summary()
-    farm.restart_box("box2")
-    with load.again(seconds=30) as after:
-        farm.wait_in_rotation("box2")
-        report = after.finish()
+    report = scaleout.kill_box(farm, load, "box2")
     assert not report.failed, report.summary()
 
 
 def test_rolling_restart_fails_no_request(farm, load):
-    load = load.again(seconds=300)
-    with load:
-        time.sleep(2)
-        # HUP is graceful on each box (old workers serve until new ones are up): all at once.
-        with ThreadPoolExecutor(3) as pool:
-            list(pool.map(farm.reload_box, farm.box_names))
-        for name in farm.box_names:
-            farm.stop_box(name)
-            farm.restart_box(name)
-            farm.wait_in_rotation(name)
-        report = load.finish()
+    report = scaleout.rolling_restart(farm, load.again())
     assert len(report.answers) > 100, report.summary()
     assert not report.failed, report.summary()
 
 
 def test_sentinel_failover_fails_no_request_and_limits_are_exact_after(farm, load):
-    old = farm.sentinel.master()
-    report = run(load.again(), old.kill)
+    report = scaleout.sentinel_failover(farm, load.again())
     assert not report.server_errors, report.summary()
     assert not report.failed, report.summary()
-    farm.sentinel.wait_failover(old)
-    old.start()  # back as a replica of the new master
     wait_limits_shared(farm)
     assert_lookups_exact(farm, "exact2")
 
 
 def test_redis_gone_entirely_degrades_without_5xx_and_recovers(farm, load):
-    group = farm.sentinel
-    seen = {}
-
-    def outage():
-        for process in group.processes:
-            process.kill()
-        time.sleep(load.seconds / 4)
-        seen.update(farm.readiness())
-        for process in group.processes:
-            process.start()
-
-    report = run(load.again(), outage)
+    report, seen = scaleout.redis_gone(farm, load.again())
     assert not report.server_errors, report.summary()
     assert not report.failed, report.summary()
+    assert set(seen) == set(farm.box_names)
     for name, body in seen.items():
         assert body["status"] == "degraded" and body["checks"]["redis"] == "down", (name, body)
-    group.wait_settled()
     deadline = time.monotonic() + 30
     while any(body["status"] != "ready" for body in farm.readiness().values()):
         assert time.monotonic() < deadline, farm.readiness()
@@ -173,21 +136,18 @@ def test_redis_gone_entirely_degrades_without_5xx_and_recovers(farm, load):
     wait_limits_shared(farm)
     assert_lookups_exact(farm, "exact3")
     # Shared again: what one box renders, another serves from Redis.
-    url = farm.look_up("exact4", CATALOGUE[2], width=555).json()["images"][0]["watermarked"]
-    path = "/" + url.split("://", 1)[1].split("/", 1)[1]
+    path = path_of(farm.look_up("exact4", CATALOGUE[2], width=555).json()["images"][0][
+        "watermarked"])
     assert farm.box_get("box1", path).headers["X-Cache"] == "MISS"
     assert farm.box_get("box3", path).headers["X-Cache"] == "HIT"
 
 
 def test_a_dead_cluster_node_fails_no_request(farm, load):
-    farm.redis_url = farm.cluster.url
-    for name in farm.box_names:
-        farm.stop_box(name)
-    farm.start_boxes()
+    scaleout.use_cluster(farm)
     assert all(b["checks"]["redis"] == "ok" for b in farm.readiness().values())
     assert_lookups_exact(farm, "exact5")
-    report = run(load.again(), farm.cluster.nodes[1].kill)
+    report = scaleout.cluster_node_dies(farm, load.again())
     assert not report.server_errors, report.summary()
     assert not report.failed, report.summary()
-    response = requests.get(farm.boxes["box1"].url + "/health/ready", timeout=10)
-    assert response.status_code == 200 and response.json()["status"] == "degraded"
+    assert all(b["status"] == "degraded" and b["checks"]["redis"] == "down"
+               for b in farm.readiness().values())

@@ -49,21 +49,38 @@ def test_a_direct_client_cannot_spoof_forwarded_headers(qcimage_server):
     assert statuses == [403, 403, 429], statuses
 
 
-@pytest.mark.parametrize("length", ["honest", "short", "none"],
-                         ids=["jpeg cut short", "content-length shorter than the image",
-                              "body ends early without content-length"])
-def test_a_partial_source_is_502_never_cached_and_fetched_afresh(qcimage_server, upstream,
-                                                                 length):
+# The three shapes the attack pass found, each on an image URL of its own width.
+PARTIAL = {"honest": ("jpeg cut short", "640"),
+           "short": ("content-length shorter than the image", "720"),
+           "none": ("body ends early without content-length", "800")}
+
+
+def test_a_partial_source_is_502_never_cached_and_fetched_afresh(qcimage_server, upstream):
     key = secrets.token_urlsafe(32)
     server = qcimage_server(workers=1, QCIMAGE_SIGNING_KEYS=key)
-    path = signed(base(url="n4EYdIoE", width="640", format="png"), key=key)
-    upstream.set_faults({"mode": "truncate", "keep_percent": 60, "length": length,
-                         "paths": ["img"], "ids": ["n4EYdIoE"], "count": 1})
-    first = requests.get(server.url + path, timeout=30)
-    check_error(first.status_code, first.headers, first.content,
-                Case(b"", 502, "upstream_error"))
-    # Upstream is whole again: the same URL is fetched afresh and rendered, not served
-    # from any cache.
-    second = requests.get(server.url + path, timeout=30)
-    assert second.status_code == 200 and second.headers["X-Cache"] == "MISS"
-    assert upstream.stats()["images"]["n4EYdIoE"] == 2
+    for fetches, (length, (shape, width)) in enumerate(PARTIAL.items()):
+        path = signed(base(url="n4EYdIoE", width=width, format="png"), key=key)
+        upstream.set_faults({"mode": "truncate", "keep_percent": 60, "length": length,
+                             "paths": ["img"], "ids": ["n4EYdIoE"], "count": 1})
+        first = requests.get(server.url + path, timeout=30)
+        check_error(first.status_code, first.headers, first.content,
+                    Case(b"", 502, "upstream_error"))
+        # Upstream is whole again: the same URL is fetched afresh and rendered, not served
+        # from any cache.
+        second = requests.get(server.url + path, timeout=30)
+        assert second.status_code == 200 and second.headers["X-Cache"] == "MISS", shape
+        assert upstream.stats()["images"]["n4EYdIoE"] == 2 * (fetches + 1), shape
+
+
+def test_only_the_canonical_image_url_is_served_by_gunicorn(qcimage_server):
+    key = secrets.token_urlsafe(32)
+    server = qcimage_server(workers=1, QCIMAGE_SIGNING_KEYS=key)
+    canonical = signed(base(url="n4EYdIoE", width="480"), key=key)
+    query = canonical.split("?", 1)[1]
+    status, body = get_from("127.0.0.1", server, canonical, {})
+    assert status == 200, body[:200]
+    for path in (f"//api/image?{query}", f"/api/%69mage?{query}", f"{canonical}&",
+                 canonical.replace("url=n", "url=%6E")):
+        status, body = get_from("127.0.0.1", server, path, {})
+        assert status == 400, (path, status, body[:200])
+        assert canonical in json.loads(body)["message"], body

@@ -77,11 +77,15 @@ def test_non_canonical_numbers_cannot_reuse_a_signature(client, upstream, width)
     assert len(upstream.calls) == 0
 
 
-def test_parameter_order_does_not_matter(client, upstream, jpeg_source):
+def test_a_reordered_query_is_400_naming_the_canonical_url(client, upstream, jpeg_source):
     add_image(upstream, jpeg_source)
     query = signed_image_query()
     reordered = "&".join(reversed(query.split("&")))
-    assert client.get("/api/image?" + reordered).status_code == 200
+    response = client.get("/api/image?" + reordered)
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "non_canonical_url"
+    assert f"/api/image?{query} " in response.get_json()["message"]
+    assert client.get("/api/image?" + query).status_code == 200
 
 
 def test_signature_case_and_padding_variants_are_refused(client, upstream):

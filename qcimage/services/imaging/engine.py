@@ -87,10 +87,11 @@ class ImagingEngine:
         self._painter.check()
 
     def render(self, source: bytes | bytearray, spec: RenderSpec,
-               probed: Probe | None = None) -> Rendered:
+               probed: Probe | None = None, painter: WatermarkPainter | None = None) -> Rendered:
         """Decode source, fit it to spec.width, watermark, strip and encode it.
 
         probed is the source's probe() when the caller has it, so the header is read once.
+        painter draws another watermark than the engine's own (a tenant's).
         A bytearray source is consumed: it is emptied once decoded, so the encoded bytes
         are not kept alive next to the decoded pixels during the resize.
         """
@@ -122,7 +123,7 @@ class ImagingEngine:
             except WandException as exc:
                 raise UnsupportedImage(
                     f"the {probed.format} source cannot be decoded") from exc
-            self._painter.apply(img)
+            (painter or self._painter).apply(img)
             return self._encode(img, spec, had_alpha)
 
     def _fit(self, img: Image, max_width: int, full_size: tuple[int, int] | None) -> None:
