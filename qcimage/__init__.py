@@ -21,7 +21,7 @@ from .config import (DEFAULT_WATERMARK_FONT, PREFIX, TENANTS_SNAPSHOT, ConfigErr
 from .envreader import environment
 from .errors import register_error_handlers
 from .services.redisconn import limiter_storage_options
-from .tenants import read_tenants_file
+from .tenantsfile import read_tenants_file
 from .wiring import build_services, default_cache_dir
 
 __all__ = ["create_app", "ConfigError", "pin_tenants_file", "startup_report"]
