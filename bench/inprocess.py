@@ -69,7 +69,7 @@ class Pipeline:
     """
 
     def __init__(self, env: dict[str, str], instance: Path):
-        from qcimage import build_services
+        from qcimage.wiring import build_services
         from qcimage.config import load_settings
         from qcimage.services.cache import RenderCache
         from qcimage.services.pipeline import ImageRenderer

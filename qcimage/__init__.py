@@ -1,58 +1,39 @@
-"""qcimage: watermarked, web-ready images from marketplace QC photos."""
+"""qcimage: watermarked, web-ready images from marketplace QC photos.
+
+``create_app`` reads like a table of contents: settings, logging, proxies, services,
+extensions, request hooks, blueprints (each with its guard), error handlers, commands.
+Its ``register_*`` steps import what they wire only when called: the gunicorn master
+imports this package for ``startup_report`` and must not load the app (nor ImageMagick)
+before it forks the workers.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from flask import Flask, current_app
+from flask import Flask
 
 from .config import (DEFAULT_WATERMARK_FONT, PREFIX, TENANTS_SNAPSHOT, ConfigError, Settings,
                      load_settings, per_worker_limit_problems)
+from .envreader import environment
+from .errors import register_error_handlers
 from .services.redisconn import limiter_storage_options
-from .tenants import read_tenants_file
+from .tenantsfile import read_tenants_file
+from .wiring import build_services, default_cache_dir
 
-if TYPE_CHECKING:
-    from .services.cache import Store
-    from .services.pipeline import Brand, ImageRenderer, ProductLookup
-    from .services.signing import Signer
-    from .services.takedown import TakedownList
-    from .services.upstream import DoppelClient
-
-__all__ = ["create_app", "ConfigError", "current_services", "pin_tenants_file", "startup_report"]
+__all__ = ["create_app", "ConfigError", "pin_tenants_file", "startup_report"]
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Services:
-    """What the views use, built once per process from the settings."""
-
-    settings: Settings
-    brands: dict[str, Brand]          # tenant name -> its watermark as rendered
-    signer: Signer
-    lookup: ProductLookup
-    renderer: ImageRenderer
-    client: DoppelClient
-    store: Store
-    takedowns: TakedownList
-
-
-def current_services() -> Services:
-    """The services of the app handling the current request."""
-    return current_app.extensions["qcimage"]
 
 
 def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     """Build the app. ``test_config`` replaces the environment (``QCIMAGE_*`` names)."""
     app = Flask(__name__, instance_relative_config=True)
-    settings = load_settings(_environment(test_config),
+    settings = load_settings(environment(test_config),
                              default_cache_dir=default_cache_dir(app.instance_path))
     app.config.update(
-        JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=64 * 1024,
         RATELIMIT_STORAGE_URI=settings.limits.storage_uri,
         RATELIMIT_STORAGE_OPTIONS=limiter_storage_options(settings.limits.storage_uri),
@@ -66,10 +47,9 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
     )
     app.json.sort_keys = False
-
     from .logs import configure_logging
 
-    configure_logging(app, settings.logging.format)
+    configure_logging(settings.logging.format)
     # Before everything else reads remote_addr / scheme: trust only configured proxies.
     if settings.trusted_proxies:
         from .proxies import TrustedProxyFix
@@ -78,19 +58,13 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
                                        allowed=settings.forwarded_allow)
     app.extensions["qcimage"] = build_services(settings, Path(app.instance_path))
     register_extensions(app, settings)
+    register_request_hooks(app)
     register_blueprints(app, settings)
-    register_errorhandlers(app)
+    register_error_handlers(app)
     register_commands(app)
     if settings.demo_secrets:
         log.warning("development mode: demo API key %s", settings.demo_secrets["api_key"])
     return app
-
-
-def default_cache_dir(instance_path: str | None = None) -> Path:
-    """The cache folder when ``QCIMAGE_CACHE_DIR`` is unset (the app's instance path's)."""
-    if instance_path is None:
-        instance_path = Flask(__name__, instance_relative_config=True).instance_path
-    return Path(instance_path) / "cache"
 
 
 def startup_report(workers: int = 1) -> str | None:
@@ -99,7 +73,7 @@ def startup_report(workers: int = 1) -> str | None:
     For the gunicorn master, which checks once before forking ``workers`` workers: it
     reads what create_app reads and builds nothing (no ImageMagick in the master).
     """
-    environ = _environment(None)
+    environ = environment()
     try:
         settings = load_settings(environ, default_cache_dir=default_cache_dir())
     except ConfigError as error:
@@ -124,7 +98,7 @@ def pin_tenants_file() -> list[str]:
     text for the workers forked from now on. Returns the file's problems ([] when pinned);
     with problems the previous pin stays, so new workers keep serving the last good file.
     """
-    environ = _environment(None)
+    environ = environment()
     path = environ.get(PREFIX + "TENANTS_FILE", "").strip()
     if not path:
         return []
@@ -155,74 +129,6 @@ def _unreadable_watermark_files(settings: Settings) -> list[str]:
     return problems
 
 
-def _environment(test_config: Mapping[str, str] | None) -> Mapping[str, str]:
-    if test_config is not None:
-        return test_config
-    environ = dict(os.environ)
-    # .env is a development convenience, read only when the real environment asks for
-    # development: a stray file must never turn production (the default) into development.
-    if environ.get("QCIMAGE_ENV", "").strip().lower() == "development" and Path(".env").is_file():
-        from dotenv import dotenv_values
-
-        file_values = {k: v for k, v in dotenv_values(".env").items() if v is not None}
-        # The real environment wins, QCIMAGE_ENV included: the file cannot say production.
-        environ = {**file_values, **environ}
-    return environ
-
-
-def build_brands(settings: Settings) -> dict[str, Brand]:
-    """Each tenant's watermark, drawn once on a canvas: a missing font or logo stops the
-    worker from booting instead of failing each image. Tenants with the same watermark
-    share one painter, and so its overlays."""
-    from .services.imaging.overlays import WatermarkPainter
-    from .services.imaging.watermark import Watermark
-    from .services.pipeline import Brand
-
-    painters: dict[Watermark, tuple[WatermarkPainter, str]] = {}
-    brands = {}
-    for name, tenant in settings.tenants.by_name.items():
-        if tenant.watermark not in painters:
-            painter = WatermarkPainter(tenant.watermark)
-            painter.check()
-            painters[tenant.watermark] = (painter, tenant.watermark.fingerprint())
-        brands[name] = Brand(name, *painters[tenant.watermark])
-    return brands
-
-
-def build_services(settings: Settings, instance_path: Path) -> Services:
-    from .services.cache import LookupCache, RenderCache, open_store
-    from .services.imaging.engine import ImagingEngine
-    from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
-    from .services.signing import Signer
-    from .services.takedown import open_takedown_list
-    from .services.upstream import DoppelClient
-
-    brands = build_brands(settings)
-    # The engine's own watermark (for jobs naming no tenant): `default`'s, else the first's.
-    first = settings.tenants.get(None) or next(iter(settings.tenants.by_name.values()))
-    engine = ImagingEngine.from_settings(first.watermark, settings.imaging)
-    cache = settings.cache
-    default_dir = default_cache_dir(str(instance_path))
-    store, shared = open_store(cache, default_dir)
-    takedowns = open_takedown_list(cache, cache.dir or default_dir, store, shared)
-    client = DoppelClient.from_settings(settings.upstream, shared=shared)
-    upstream = settings.upstream
-    return Services(
-        settings=settings,
-        brands=brands,
-        signer=Signer(settings.signing_keys),
-        lookup=ProductLookup(client, LookupCache(store, ttl=cache.lookup_ttl), takedowns),
-        renderer=ImageRenderer(
-            client, RenderCache(store, wait_timeout=cache.render_wait_timeout), engine,
-            source=SourcePolicy(upstream.source_width, upstream.source_format,
-                                upstream.source_quality),
-            watermark_fingerprint=brands[first.name].fingerprint, takedowns=takedowns),
-        client=client,
-        store=store,
-        takedowns=takedowns,
-    )
-
-
 def register_extensions(app: Flask, settings: Settings) -> None:
     from .extensions import cors, limiter, talisman, tenant_cors_only
 
@@ -235,7 +141,6 @@ def register_extensions(app: Flask, settings: Settings) -> None:
         content_security_policy={"default-src": "'none'", "frame-ancestors": "'none'"},
         frame_options="DENY",
         referrer_policy="no-referrer",
-        session_cookie_secure=settings.is_production,
     )
     # Registered before Flask-CORS, so it runs after it (after_request runs in reverse).
     app.after_request(tenant_cors_only)
@@ -247,21 +152,41 @@ def register_extensions(app: Flask, settings: Settings) -> None:
     limiter.init_app(app)
 
 
-def register_blueprints(app: Flask, settings: Settings) -> None:
-    from . import gallery, health, images, openapi, products
+def register_request_hooks(app: Flask) -> None:
+    """Around every request: an id and an in-flight count, then its log line and metrics."""
+    from .logs import assign_request_id, end_in_flight, log_request
 
+    app.before_request(assign_request_id)
+    app.after_request(log_request)
+    app.teardown_request(end_in_flight)
+
+
+def register_blueprints(app: Flask, settings: Settings) -> None:
+    """Each blueprint with its guard. Rate limits are declared in each blueprint's module."""
+    from . import gallery, health, images, openapi, products
+    from .auth import require_api_key
+
+    # Server to server: an API key on every request (browsers never call it).
+    _guard(app, products.bp, require_api_key)
     app.register_blueprint(products.bp)
+    # Public, embedded in pages: the signature on each link is the guard (in the view).
     app.register_blueprint(images.bp)
+    # Probes, metrics (their own address check) and the API's documentation: open.
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    # A page for people (development, or when asked for): it calls the API with a key
+    # the person types, so it needs no guard of its own.
     if settings.gallery:
         app.register_blueprint(gallery.bp)
 
 
-def register_errorhandlers(app: Flask) -> None:
-    from .errors import register_error_handlers
+def _guard(app: Flask, bp, hook) -> None:
+    """Run ``hook`` before each request to one of ``bp``'s views, in this app only.
 
-    register_error_handlers(app)
+    ``bp.before_request`` would do the same for every app the module-level blueprint is
+    ever registered with, and Flask refuses it once the blueprint has been registered.
+    """
+    app.before_request_funcs.setdefault(bp.name, []).append(hook)
 
 
 def register_commands(app: Flask) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from flask import g, request
 
 from .errors import APIError
+from .wiring import current_services
 
 if TYPE_CHECKING:
     from .tenants import Tenant
@@ -40,8 +41,6 @@ def request_key() -> tuple[Tenant, str] | None:
     comparing against every configured key twice per request would be waste.
     """
     if "api_key_resolved" not in g:
-        from . import current_services
-
         key = presented_key()
         g.api_key_resolved = (current_services().settings.tenants.resolve_key(key)
                               if key else None)

@@ -17,8 +17,9 @@ import click
 
 from .auth import new_api_key
 from .config import ConfigError, load_cache_settings
-from .envreader import PREFIX
+from .envreader import PREFIX, environment
 from .keys import hash_api_key, new_signing_key
+from .wiring import default_cache_dir
 
 _TENANTS_FILE = PREFIX + "TENANTS_FILE"
 
@@ -27,10 +28,8 @@ class _Configured:
     """A ``QCIMAGE_*`` list as the app would read it, and where it was found."""
 
     def __init__(self, name: str):
-        from . import _environment
-
         self.name = PREFIX + name
-        value = _environment(None).get(self.name)
+        value = environment().get(self.name)
         self.entries = [part.strip() for part in (value or "").split(",") if part.strip()]
         self.where = ("the environment" if os.environ.get(self.name) else
                       "./.env (read in development)" if value else None)
@@ -138,17 +137,13 @@ def tenants_cli() -> None:
 
 def _tenants(tenants_file: str | None):
     """The tenants the service would start with (the file's problems as a ClickException)."""
-    from flask import Flask
+    from .config import load_settings
 
-    from . import _environment, default_cache_dir
-    from .config import ConfigError, load_settings
-
-    environ = dict(_environment(None))
+    environ = dict(environment())
     if tenants_file:
         environ[_TENANTS_FILE] = tenants_file
-    instance = Flask("qcimage", instance_relative_config=True).instance_path
     try:
-        return load_settings(environ, default_cache_dir=default_cache_dir(instance),
+        return load_settings(environ, default_cache_dir=default_cache_dir(),
                              only_tenants=True).tenants
     except ConfigError as error:
         raise click.ClickException(f"{len(error.problems)} problem(s):\n  - "
@@ -202,13 +197,12 @@ class _TakedownPlace:
     """The takedown list and the caches this box shares with the service, from its settings."""
 
     def __init__(self):
-        from . import _environment, default_cache_dir
         from .services.cache import open_store
         from .services.takedown import open_takedowns
 
         default_dir = default_cache_dir()
         try:
-            self.settings = load_cache_settings(_environment(None), default_cache_dir=default_dir)
+            self.settings = load_cache_settings(environment(), default_cache_dir=default_dir)
         except ConfigError as error:
             raise click.ClickException(str(error)) from None
         _check_owner(self.settings.dir or default_dir)

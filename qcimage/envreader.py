@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
+
 PREFIX = "QCIMAGE_"
+
+
+def environment(test_config: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """``test_config`` if given, else the process environment (with ``./.env`` in development)."""
+    if test_config is not None:
+        return test_config
+    environ = dict(os.environ)
+    # .env is a development convenience, read only when the real environment asks for
+    # development: a stray file must never turn production (the default) into development.
+    if environ.get("QCIMAGE_ENV", "").strip().lower() == "development" and Path(".env").is_file():
+        file_values = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+        # The real environment wins, QCIMAGE_ENV included: the file cannot say production.
+        environ = {**file_values, **environ}
+    return environ
 
 
 class EnvReader:

@@ -1,4 +1,4 @@
-"""The one place that turns every failure into the JSON error shape of DESIGN.md."""
+"""The one place that turns every failure into the JSON error shape (README, 'Errors')."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response
 
-from . import current_services
 from .extensions import limiter, talisman
+from .wiring import current_services
 
 # Static files only (qcimage/static/gallery/): the page is the same for everyone and
 # needs nothing from the server but the API it calls from the browser.

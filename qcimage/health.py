@@ -6,11 +6,11 @@ import ipaddress
 
 from flask import Blueprint, Response, request
 
-from . import current_services
 from .errors import APIError, error_response
 from .extensions import limiter, talisman
 from .metrics import render_latest
 from .services.imaging.policy import policy_in_force
+from .wiring import current_services
 
 bp = Blueprint("health", __name__)
 limiter.exempt(bp)

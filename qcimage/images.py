@@ -6,7 +6,6 @@ import time
 
 from flask import Blueprint, Response, g, request
 
-from . import current_services
 from .errors import APIError, error_response
 from .extensions import client_ip, limiter
 from .schemas import ImageQuerySchema, load_query
@@ -16,6 +15,7 @@ from .services.signing import SIGNED_PARAMS, URL_PARAMS, canonical_image_url
 from .tenants import Tenant
 from .services.takedown import TakenDown
 from .vocabulary import OUTPUT_FORMATS
+from .wiring import current_services
 
 bp = Blueprint("images", __name__)
 _query = ImageQuerySchema()

@@ -1,4 +1,4 @@
-"""Request ids and logging: one JSON (or text) line per request, errors as JSON too."""
+"""Logging set-up, and the request hooks that give each request an id and a log line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 
-from flask import Flask, g, request
+from flask import Response, g, has_request_context, request
 
 from . import metrics
 from .logformat import EscapingFormatter, json_formatter
@@ -21,8 +21,6 @@ class _RequestContextFilter(logging.Filter):
     """Stamp every record with the current request id, when there is one."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from flask import has_request_context
-
         if not hasattr(record, "request_id"):
             record.request_id = g.get("request_id") if has_request_context() else None
         return True
@@ -38,7 +36,8 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def configure_logging(app: Flask, log_format: str) -> None:
+def configure_logging(log_format: str) -> None:
+    """One handler on stderr, JSON or text, for our loggers and the libraries' warnings."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(json_formatter())
@@ -55,44 +54,47 @@ def configure_logging(app: Flask, log_format: str) -> None:
         logger.propagate = False
     logging.getLogger("flask-limiter").filters[:] = [_limiter_outages_only]
 
-    @app.before_request
-    def assign_request_id():
-        g.started = time.perf_counter()
-        metrics.IN_FLIGHT.inc()
-        g.in_flight = True
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
-    @app.after_request
-    def log_request(response):
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        started = g.get("started")
-        duration = round((time.perf_counter() - started) * 1000, 2) if started else None
-        tenant = g.tenant.name if g.get("tenant") else ""
-        fields = {
-            "method": request.method,
-            "route": request.url_rule.rule if request.url_rule else None,
-            "path": request.path,
-            "status": response.status_code,
-            "duration_ms": duration,
-            "bytes": response.calculate_content_length(),
-            "client_ip": request.remote_addr,
-            "tenant": tenant or None,
-            "api_key": g.get("api_key_name"),
-            "cache": g.get("cache_status"),
-            "upstream_ms": _ms(g.get("upstream_ms")),
-            "render_ms": _ms(g.get("render_ms")),
-        }
-        access_log.info("%s %s %s %sms", request.method, request.path, response.status_code,
-                        duration, extra=fields)
-        # Unmatched paths share one label: a scanner must not mint a series per URL.
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.REQUESTS.labels(route, request.method, str(response.status_code), tenant).inc()
-        if duration is not None:
-            metrics.REQUEST_SECONDS.labels(route, request.method, tenant).observe(duration / 1000)
-        return response
+def assign_request_id() -> None:
+    """before_request: start the clock, count the request in flight, give it an id."""
+    g.started = time.perf_counter()
+    metrics.IN_FLIGHT.inc()
+    g.in_flight = True
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
-    @app.teardown_request
-    def end_in_flight(error=None):
-        if g.pop("in_flight", False):
-            metrics.IN_FLIGHT.dec()
+
+def log_request(response: Response) -> Response:
+    """after_request: echo the id, write the access-log line, count the request."""
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    started = g.get("started")
+    duration = round((time.perf_counter() - started) * 1000, 2) if started else None
+    tenant = g.tenant.name if g.get("tenant") else ""
+    fields = {
+        "method": request.method,
+        "route": request.url_rule.rule if request.url_rule else None,
+        "path": request.path,
+        "status": response.status_code,
+        "duration_ms": duration,
+        "bytes": response.calculate_content_length(),
+        "client_ip": request.remote_addr,
+        "tenant": tenant or None,
+        "api_key": g.get("api_key_name"),
+        "cache": g.get("cache_status"),
+        "upstream_ms": _ms(g.get("upstream_ms")),
+        "render_ms": _ms(g.get("render_ms")),
+    }
+    access_log.info("%s %s %s %sms", request.method, request.path, response.status_code,
+                    duration, extra=fields)
+    # Unmatched paths share one label: a scanner must not mint a series per URL.
+    route = request.url_rule.rule if request.url_rule else "unmatched"
+    metrics.REQUESTS.labels(route, request.method, str(response.status_code), tenant).inc()
+    if duration is not None:
+        metrics.REQUEST_SECONDS.labels(route, request.method, tenant).observe(duration / 1000)
+    return response
+
+
+def end_in_flight(error: BaseException | None = None) -> None:
+    """teardown_request: the request is no longer in flight, however it ended."""
+    if g.pop("in_flight", False):
+        metrics.IN_FLIGHT.dec()

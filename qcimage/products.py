@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, g, request
 
-from .auth import request_key, require_api_key
+from .auth import request_key
 from .errors import APIError
-from . import current_services
 from .extensions import client_ip, limiter
 from .schemas import (LinkQuerySchema, LinkResponseSchema, ProductQuerySchema,
                       ProductResponseSchema, load_query)
@@ -15,9 +14,10 @@ from .services.signing import canonical_image_url
 from .services.upstream import UpstreamNotFound
 from .tenants import Tenant
 from .vocabulary import PLATFORMS
+from .wiring import current_services
 
+# Guarded by the API-key hook, attached where it is registered (create_app).
 bp = Blueprint("products", __name__)
-bp.before_request(require_api_key)
 _query = ProductQuerySchema()
 _response = ProductResponseSchema()
 _link_query = LinkQuerySchema()

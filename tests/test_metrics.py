@@ -22,13 +22,14 @@ def sample(text: str, name: str, **labels) -> float:
 
 
 def test_requests_are_counted_by_route_and_status(client, api_get, upstream):
+    # method too: an earlier test's CORS preflights count as OPTIONS on the same route.
     before = sample(client.get("/metrics").get_data(as_text=True), "qcimage_http_requests_total",
-                    route="/api/qc-images", status="200")
+                    route="/api/qc-images", method="GET", status="200")
     add_product(upstream)
     api_get(id="7494645791")
     client.get("/no/such/path")
     text = client.get("/metrics").get_data(as_text=True)
-    assert sample(text, "qcimage_http_requests_total", route="/api/qc-images",
+    assert sample(text, "qcimage_http_requests_total", route="/api/qc-images", method="GET",
                   status="200") == before + 1
     assert sample(text, "qcimage_http_requests_total", route="unmatched", status="404") >= 1
     assert "/no/such/path" not in text

@@ -130,8 +130,12 @@ def _ports(host, count):
     return [6379 + number for number in range(count)]
 
 
-def start_sentinel_group(directory, host=None) -> SentinelGroup:
-    """A master, its replica and three sentinels, all on ``host`` (default: loopback)."""
+def start_sentinel_group(directory, host=None, *, settle=True) -> SentinelGroup:
+    """A master, its replica and three sentinels, all on ``host`` (default: loopback).
+
+    The sentinels find each other within seconds; ``settle=False`` returns before they
+    have (the master already serves), for callers that call ``wait_settled()`` later.
+    """
     host = host or LocalHost()
     directory = Path(directory)
     master_port, replica_port, *sentinel_ports = _ports(host, 5)
@@ -148,7 +152,8 @@ def start_sentinel_group(directory, host=None) -> SentinelGroup:
              f"sentinel parallel-syncs {SERVICE} 1"], sentinel=True))
     group = SentinelGroup([master, replica], sentinels)
     try:
-        group.wait_settled()
+        if settle:
+            group.wait_settled()
     except BaseException:
         group.stop()
         raise
@@ -161,6 +166,10 @@ class Cluster:
     def __init__(self, nodes: list[RedisProcess]):
         self.nodes = nodes
         self.url = "redis+cluster://" + ",".join(f"{n.host}:{n.port}" for n in nodes)
+
+    @property
+    def processes(self):
+        return list(self.nodes)
 
     def node_for(self, key: str) -> RedisProcess:
         """The node serving ``key``'s slot."""

@@ -105,22 +105,29 @@ class Farm:
 
     def _start(self, redis):
         (self.tmp / "upstream").mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(3) as pool:
+        with ThreadPoolExecutor(4) as pool:
             upstream = pool.submit(start_upstream, self.tmp / "upstream",
                                    host=self.lab["upstream"])
-            sentinel = cluster = None
-            if "sentinel" in redis:
-                sentinel = pool.submit(redisha.start_sentinel_group, self.tmp / "sentinel",
-                                       self.lab["redis"])
+            cluster = None
             if "cluster" in redis:
                 cluster = pool.submit(redisha.start_cluster, self.tmp / "cluster",
                                       self.lab["redis"])
+            if "sentinel" in redis:
+                # The master serves at once; the sentinels find each other while the
+                # boxes boot.
+                self.sentinel = redisha.start_sentinel_group(
+                    self.tmp / "sentinel", self.lab["redis"], settle=False)
+                settled = pool.submit(self.sentinel.wait_settled)
             self.upstream = upstream.result()
-            self.sentinel = sentinel and sentinel.result()
+            if self.sentinel is None and cluster is not None:
+                self.cluster = cluster.result()
+            shared = self.sentinel or self.cluster
+            self.redis_url = shared.url if shared else None
+            boxes = pool.submit(self.start_boxes)
             self.cluster = cluster and cluster.result()
-        self.redis_url = (self.sentinel or self.cluster).url if (self.sentinel or
-                                                                 self.cluster) else None
-        self.start_boxes()
+            if self.sentinel is not None:
+                settled.result()
+            boxes.result()
         self.balance(self.box_names)
         self.session = requests.Session()
 
@@ -249,12 +256,13 @@ class Farm:
         return self.get("/api/qc-images", key, params=params)
 
     def close(self):
-        for process in [getattr(self, "lb", None), *self.boxes.values(), self.upstream]:
-            if process is not None:
-                process.stop(timeout=10)
-        for group in (self.sentinel, self.cluster):
-            if group is not None:
-                group.stop()
+        """Stop everything at once (nothing is in flight any more), then the lab."""
+        groups = [g for g in (self.sentinel, self.cluster) if g is not None]
+        processes = [p for p in [self.lb, *self.boxes.values(), self.upstream,
+                                 *(process for g in groups for process in g.processes)]
+                     if p is not None]
+        with ThreadPoolExecutor(max(len(processes), 1)) as pool:
+            list(pool.map(lambda p: p.stop(timeout=10), processes))
         self.lab.close()
 
 

@@ -171,9 +171,6 @@ class RedisStore:
         self._call(None, self.client.delete, self._tag_key(tag))
         return int(deleted)
 
-    def close(self) -> None:
-        self.client.close()
-
 
 class TieredStore:
     """Local disk in front of a shared store: hits stay local, renders are shared."""

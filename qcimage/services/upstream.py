@@ -289,9 +289,6 @@ class DoppelClient:
         # Content-Type is not kept: the engine trusts only the magic bytes.
         return Source(body)
 
-    def close(self) -> None:
-        self.session.close()
-
 
 def _declared_length(response: requests.Response, what: str) -> int | None:
     """The Content-Length upstream declared, None when absent; UpstreamError when malformed."""

@@ -36,7 +36,8 @@ def farm(tmp_path_factory):
         check_available()
     except NetnsUnavailable as error:
         pytest.fail(f"the scale-out tests need network namespaces: {error}")
-    farm = Farm(tmp_path_factory.mktemp("farm"), redis=("sentinel", "cluster"))
+    # One worker a box (gunicorn.conf.py's threads): boots, and so restarts, cost half.
+    farm = Farm(tmp_path_factory.mktemp("farm"), workers=1, redis=("sentinel", "cluster"))
     yield farm
     farm.close()
 
