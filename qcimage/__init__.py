@@ -57,7 +57,8 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         app.wsgi_app = TrustedProxyFix(app.wsgi_app, hops=settings.trusted_proxies,
                                        allowed=settings.forwarded_allow)
     app.extensions["qcimage"] = build_services(settings, Path(app.instance_path))
-    # Hooks first: the request id must exist before the limiter can refuse (429s carry it).
+    # Hooks first: Flask-Limiter's own before_request answers 429 while its storage is
+    # down (in-memory fallback), and that answer needs the request id already.
     register_request_hooks(app)
     register_extensions(app, settings)
     register_blueprints(app, settings)
