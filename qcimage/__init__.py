@@ -57,8 +57,10 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         app.wsgi_app = TrustedProxyFix(app.wsgi_app, hops=settings.trusted_proxies,
                                        allowed=settings.forwarded_allow)
     app.extensions["qcimage"] = build_services(settings, Path(app.instance_path))
-    register_extensions(app, settings)
+    # Hooks first: Flask-Limiter's own before_request answers 429 while its storage is
+    # down (in-memory fallback), and that answer needs the request id already.
     register_request_hooks(app)
+    register_extensions(app, settings)
     register_blueprints(app, settings)
     register_error_handlers(app)
     register_commands(app)
