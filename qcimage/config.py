@@ -253,7 +253,9 @@ def read_workers(reader: EnvReader) -> WorkerSettings:
     threads = reader.int("THREADS", 1, 1, 256)
     return WorkerSettings(
         threads=threads,
-        render_slots=reader.int("RENDER_SLOTS", 2, 1, 64),
+        # One: the engine's decode budget keeps one render (and so a worker) under 300 MB;
+        # workers = cores already give the box one render per core.
+        render_slots=reader.int("RENDER_SLOTS", 1, 1, 64),
         # Leave threads for hits, 304s, look-ups and /health when misses pile up.
         render_queue=reader.int("RENDER_QUEUE", max(1, threads - 8), 1, 4096),
     )
