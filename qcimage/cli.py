@@ -16,8 +16,8 @@ from pathlib import Path
 import click
 
 from .auth import new_api_key
-from .config import ConfigError, load_cache_settings
-from .envreader import PREFIX, environment
+from .envreader import PREFIX, ConfigError, environment
+from .groups import load_cache_settings
 from .keys import hash_api_key, new_signing_key
 from .wiring import default_cache_dir
 

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 from limits import parse_many
 
-from .config import DEFAULT_WATERMARK_FONT, hash_api_key, watermark_layers
+from .config import DEFAULT_WATERMARK_FONT, watermark_layers
+from .keys import hash_api_key
 from .services.imaging.watermark import Watermark, WatermarkLayer
 from .vocabulary import DEFAULT_WIDTH, GRAVITIES, MAX_WIDTH, MIN_WIDTH, REQUEST_FORMATS
 

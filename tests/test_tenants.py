@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from qcimage import create_app
-from qcimage.config import ConfigError, hash_api_key, load_settings
+from qcimage.config import ConfigError, load_settings
+from qcimage.keys import hash_api_key
 from qcimage.tenants import DEFAULT_TENANT, LinkDefaults
 
 KEY_A, KEY_B = "key-of-shop-a-0123456789", "key-of-shop-b-0123456789"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import diskcache
 
 if TYPE_CHECKING:
-    from ..config import CacheSettings
+    from ..groups import CacheSettings
 
 log = logging.getLogger(__name__)
 

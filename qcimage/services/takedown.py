@@ -24,7 +24,7 @@ import diskcache
 from . import ServiceError
 
 if TYPE_CHECKING:
-    from ..config import CacheSettings
+    from ..groups import CacheSettings
     from .cache import RedisStore, Store
 
 log = logging.getLogger(__name__)

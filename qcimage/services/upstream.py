@@ -22,7 +22,7 @@ from ..vocabulary import IMAGE_ID
 from . import ServiceError
 
 if TYPE_CHECKING:
-    from ..config import UpstreamSettings
+    from ..groups import UpstreamSettings
     from .cache import RedisStore
 
 log = logging.getLogger(__name__)
