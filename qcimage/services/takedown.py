@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -57,21 +59,41 @@ class Takedown:
 
     @classmethod
     def unpack(cls, raw: str | bytes) -> Takedown:
-        stored = json.loads(raw)
+        return cls.from_dict(json.loads(raw))
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> Takedown:
         return cls(image_id=str(stored["image_id"]), reason=str(stored["reason"]),
                    at=float(stored["at"]))
 
 
+@dataclass(frozen=True)
+class Stamp:
+    """Which list, and which change of it: ``epoch`` is made when a list is first written,
+    so a new one means the list was lost (Redis restarted or evicted it) and begun again."""
+
+    epoch: str
+    version: int
+
+
 class TakedownStore(Protocol):
-    """Where the list is kept. ``errors``: what a store that cannot be reached raises."""
+    """Where the list is kept. ``errors``: what a store that cannot be reached raises.
+
+    ``stamp()`` is None when there is no list: never made, or lost.
+    """
 
     errors: tuple[type[BaseException], ...]
     where: str
 
-    def version(self) -> str: ...
-    def load(self) -> tuple[str, dict[str, Takedown]]: ...
+    def stamp(self) -> Stamp | None: ...
+    def load(self) -> tuple[Stamp | None, dict[str, Takedown]]: ...
     def add(self, takedown: Takedown) -> None: ...
     def remove(self, image_id: str) -> bool: ...
+    def restore(self, takedowns: Iterable[Takedown]) -> None: ...
+
+
+def _new_epoch() -> str:
+    return secrets.token_hex(8)
 
 
 class DiskTakedowns:
@@ -83,16 +105,18 @@ class DiskTakedowns:
         self.where = str(directory)
         self.cache = diskcache.Cache(str(directory), timeout=2, eviction_policy="none")
 
-    def version(self) -> str:
-        return str(self.cache.get("version", 0))
+    def stamp(self) -> Stamp | None:
+        epoch = self.cache.get("epoch")
+        return None if epoch is None else Stamp(epoch, self.cache.get("version", 0))
 
-    def load(self) -> tuple[str, dict[str, Takedown]]:
+    def load(self) -> tuple[Stamp | None, dict[str, Takedown]]:
         with self.cache.transact():
-            return self.version(), {key.removeprefix("t:"): Takedown.unpack(self.cache[key])
-                                    for key in self.cache if key.startswith("t:")}
+            return self.stamp(), {key.removeprefix("t:"): Takedown.unpack(self.cache[key])
+                                  for key in self.cache if key.startswith("t:")}
 
     def add(self, takedown: Takedown) -> None:
         with self.cache.transact():
+            self.cache.add("epoch", _new_epoch())
             self.cache.set("t:" + takedown.image_id, takedown.pack())
             self.cache.incr("version")
 
@@ -103,16 +127,28 @@ class DiskTakedowns:
                 self.cache.incr("version")
         return removed
 
+    def restore(self, takedowns: Iterable[Takedown]) -> None:
+        with self.cache.transact():
+            self.cache.add("epoch", _new_epoch())
+            for takedown in takedowns:
+                self.cache.add("t:" + takedown.image_id, takedown.pack())
+            self.cache.incr("version")
+
     def close(self) -> None:
         self.cache.close()
 
 
 class RedisTakedowns:
-    """The list in Redis: one hash of records and a counter bumped after every change.
+    """The list in Redis: one hash holding the records (by image id), the epoch and a
+    version bumped after every change.
 
-    No MULTI (a Redis Cluster may not run one): a change is written before its version,
-    and read after it, so a reader never keeps a version newer than what it loaded.
+    One key, so Redis evicts or keeps it whole, and the check every worker makes keeps it
+    recently used. No MULTI (a Redis Cluster may not run one): the record is written before
+    the version, so a reader never holds a version newer than the records it read.
     """
+
+    # Not image ids (they cannot hold ':'), so they share the hash with the records.
+    _EPOCH, _VERSION = ":epoch", ":version"
 
     def __init__(self, client, *, where: str, prefix: str = "qcimage:"):
         from .redisconn import ERRORS
@@ -121,32 +157,45 @@ class RedisTakedowns:
         self.client = client
         self.where = where
         self.key = prefix + "takedowns"
-        self.version_key = self.key + ":version"
 
-    def version(self) -> str:
-        return (self.client.get(self.version_key) or b"0").decode()
+    def stamp(self) -> Stamp | None:
+        epoch, version = self.client.hmget(self.key, self._EPOCH, self._VERSION)
+        return None if epoch is None else Stamp(epoch.decode(), int(version or 0))
 
-    def load(self) -> tuple[str, dict[str, Takedown]]:
-        version = self.version()
-        records = self.client.hgetall(self.key)
-        return version, {key.decode(): Takedown.unpack(value) for key, value in records.items()}
+    def load(self) -> tuple[Stamp | None, dict[str, Takedown]]:
+        fields = {key.decode(): value for key, value in self.client.hgetall(self.key).items()}
+        epoch, version = fields.pop(self._EPOCH, None), fields.pop(self._VERSION, 0)
+        stamp = None if epoch is None else Stamp(epoch.decode(), int(version))
+        return stamp, {key: Takedown.unpack(value) for key, value in fields.items()}
 
     def add(self, takedown: Takedown) -> None:
+        self.client.hsetnx(self.key, self._EPOCH, _new_epoch())
         self.client.hset(self.key, takedown.image_id, takedown.pack())
-        self.client.incr(self.version_key)
+        self.client.hincrby(self.key, self._VERSION, 1)
 
     def remove(self, image_id: str) -> bool:
-        removed = self.client.hdel(self.key, image_id)
-        self.client.incr(self.version_key)
-        return bool(removed)
+        removed = bool(self.client.hdel(self.key, image_id))
+        if removed:
+            self.client.hincrby(self.key, self._VERSION, 1)
+        return removed
+
+    def restore(self, takedowns: Iterable[Takedown]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hsetnx(self.key, self._EPOCH, _new_epoch())
+        for takedown in takedowns:
+            pipe.hsetnx(self.key, takedown.image_id, takedown.pack())
+        pipe.hincrby(self.key, self._VERSION, 1)
+        pipe.execute()
 
 
 class TakedownList:
-    """A worker's copy of the list, re-read when the store's version changed.
+    """A worker's copy of the list, re-read when the store's stamp changed.
 
     ``purge(image_id)`` runs once for each id that appears in the list, so every box drops
-    its own cached copies. While the store cannot be reached the last copy stays in force;
-    a worker that starts then reads the box's snapshot, written at every change it saw.
+    its own cached copies. While the store cannot be reached the last copy stays in force.
+    When the list was lost (Redis restarted, or evicted it) the worker puts back what it
+    knew, so nothing taken down comes back. A worker starts from the box's snapshot,
+    written after every change a worker saw (and purged): the ids in it need no purge.
     """
 
     def __init__(self, store: TakedownStore, *, refresh: float, purge: Callable[[str], object],
@@ -156,10 +205,13 @@ class TakedownList:
         self.purge = purge
         self.snapshot = snapshot
         self.clock = clock
-        self._version: str | None = None
+        self._stamp: Stamp | None = None
+        self._records: dict[str, Takedown] = {}
         self._ids: frozenset[str] = frozenset()
         self._checked_at: float | None = None
+        self._loaded = False
         self._unreachable = False
+        self._lock = threading.Lock()
 
     def check(self, image_id: str) -> None:
         """Raise TakenDown when ``image_id`` is on the list."""
@@ -172,57 +224,84 @@ class TakedownList:
         return [image_id for image_id in image_ids if image_id not in removed]
 
     def current(self) -> frozenset[str]:
-        now = self.clock()
-        if self._checked_at is None or now - self._checked_at >= self.refresh:
-            self._checked_at = now
-            self._reload()
+        if self._due():
+            # One thread reads the store; the others go on with the copy they have (or,
+            # before the first copy, wait for it).
+            if self._lock.acquire(blocking=self._checked_at is None):
+                try:
+                    if self._due():
+                        self._refresh()
+                finally:
+                    self._lock.release()
         return self._ids
+
+    def _due(self) -> bool:
+        return self._checked_at is None or self.clock() - self._checked_at >= self.refresh
+
+    def _refresh(self) -> None:
+        started = self.clock()
+        if self._checked_at is None:
+            self._stamp, self._records = self._read_snapshot()
+            self._ids = frozenset(self._records)
+        self._reload()
+        # Only now: until the first copy is read, every thread waits for it.
+        self._checked_at = started
 
     def _reload(self) -> None:
         try:
-            if self._version is not None and self.store.version() == self._version:
+            stamp = self.store.stamp()
+            if self._loaded and stamp == self._stamp:
                 return
-            version, records = self.store.load()
+            if self._records and (stamp is None or self._stamp is None
+                                  or stamp.epoch != self._stamp.epoch):
+                log.warning("takedown list in %s was lost; putting back the %d image(s) "
+                            "this worker knew", self.store.where, len(self._records))
+                self.store.restore(self._records.values())
+            stamp, records = self.store.load()
         except self.store.errors as error:
             if not self._unreachable:
                 log.error("takedown list unreachable in %s (%s); keeping the last copy",
                           self.store.where, type(error).__name__)
                 self._unreachable = True
-            if self._version is None:
-                self._replace(self._read_snapshot(), version=None)
             return
         if self._unreachable:
             log.warning("takedown list reachable again in %s", self.store.where)
             self._unreachable = False
-        self._replace(frozenset(records), version=version)
+        self._stamp, self._loaded = stamp, True
+        self._replace(records)
         self._write_snapshot()
 
-    def _replace(self, ids: frozenset[str], *, version: str | None) -> None:
-        added = ids - self._ids
-        if ids != self._ids:
-            log.info("takedown list: %d image(s) taken down", len(ids))
-        self._ids = ids
-        self._version = version
+    def _replace(self, records: dict[str, Takedown]) -> None:
+        added = records.keys() - self._records.keys()
+        if records.keys() != self._records.keys():
+            log.info("takedown list: %d image(s) taken down", len(records))
+        self._records = records
+        self._ids = frozenset(records)
         for image_id in sorted(added):
             try:
                 self.purge(image_id)
             except Exception:  # a cache that fails to purge must not fail the request
                 log.exception("could not purge the cached copies of %s", image_id)
 
-    def _read_snapshot(self) -> frozenset[str]:
+    def _read_snapshot(self) -> tuple[Stamp | None, dict[str, Takedown]]:
         if self.snapshot is None:
-            return frozenset()
+            return None, {}
         try:
-            return frozenset(str(i) for i in json.loads(self.snapshot.read_text()))
-        except (OSError, ValueError, TypeError):
-            return frozenset()
+            stored = json.loads(self.snapshot.read_text())
+            records = [Takedown.from_dict(record) for record in stored["records"]]
+            stamp = Stamp(str(stored["epoch"]), int(stored["version"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, {}
+        return stamp, {record.image_id: record for record in records}
 
     def _write_snapshot(self) -> None:
-        if self.snapshot is None:
+        if self.snapshot is None or self._stamp is None:
             return
         draft = self.snapshot.with_name(f".{self.snapshot.name}.{os.getpid()}")
         try:
-            draft.write_text(json.dumps(sorted(self._ids)))
+            draft.write_text(json.dumps({
+                "epoch": self._stamp.epoch, "version": self._stamp.version,
+                "records": [asdict(record) for record in self._records.values()]}))
             os.replace(draft, self.snapshot)
         except OSError as error:
             log.warning("cannot keep the takedown snapshot in %s (%s)", self.snapshot,
@@ -233,12 +312,12 @@ def open_takedown_list(cache: CacheSettings, directory: Path, store: Store,
                        shared: RedisStore | None) -> TakedownList:
     """A worker's copy of the list, purging from ``store``; ``directory``: the cache folder.
 
-    With Redis, the box keeps a snapshot of the list: a worker starting while Redis is
-    down still refuses what was taken down.
+    The box's snapshot lets a worker start without purging what the box already purged,
+    and, with Redis, refuse what was taken down even while Redis is down or has lost it.
     """
     return TakedownList(open_takedowns(directory, shared, cache.redis_url),
                         refresh=cache.takedown_refresh, purge=store.purge,
-                        snapshot=directory / SNAPSHOT_FILE if shared else None)
+                        snapshot=directory / SNAPSHOT_FILE)
 
 
 def open_takedowns(cache_dir: Path, shared: RedisStore | None = None,

@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+import redis
 import requests
 
 from tests.e2e.test_main_path import look_up
@@ -92,8 +93,9 @@ def look_up_raw(server):
 def test_nginx_revalidates_its_copy_and_keeps_the_451_in_its_place(qcimage_server, nginx_proxy,
                                                                    redis_server):
     https_port = harness.free_port()
+    shared = redis_server()
     server = qcimage_server(workers=1, public_url=f"https://127.0.0.1:{https_port}",
-                            QCIMAGE_TRUSTED_PROXIES=1, QCIMAGE_REDIS_URL=redis_server().url,
+                            QCIMAGE_TRUSTED_PROXIES=1, QCIMAGE_REDIS_URL=shared.url,
                             QCIMAGE_SHARED_CACHE_TTL=1, QCIMAGE_TAKEDOWN_REFRESH=0.5)
     nginx = nginx_proxy(int(server.url.rsplit(":", 1)[1]), https_port=https_port)
     image = look_up(nginx.url, server.api_key, verify=nginx.ca_bundle)["images"][0]
@@ -119,6 +121,22 @@ def test_nginx_revalidates_its_copy_and_keeps_the_451_in_its_place(qcimage_serve
     assert seen[-1] == (451, "EXPIRED"), seen
     assert all(status == 200 for status, _ in seen[:-1]), seen
     assert response.json()["error"] == "taken_down"
+
+    # Redis restarts empty (the sample config keeps nothing on disk): the worker puts the
+    # list back, and never serves the image meanwhile.
+    shared.stop()
+    shared.start()
+    direct = image["watermarked"].replace(nginx.url, server.url)
+    for _ in range(100):
+        # As nginx would send it: over HTTPS (production redirects plain HTTP).
+        assert requests.get(direct, timeout=60, allow_redirects=False,
+                            headers={"X-Forwarded-Proto": "https"}).status_code == 451
+        if redis.Redis.from_url(shared.url).hget("qcimage:takedowns", image["original"]):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the takedown list was not put back into Redis")
+
     # The 451 replaced nginx's copy: even with the app gone, the image is not served stale.
     server.stop()
     gone = get()
