@@ -21,7 +21,7 @@ from .config import (DEFAULT_WATERMARK_FONT, PREFIX, TENANTS_SNAPSHOT, ConfigErr
 from .envreader import environment
 from .errors import register_error_handlers
 from .services.redisconn import limiter_storage_options
-from .tenants import read_tenants_file
+from .tenantsfile import read_tenants_file
 from .wiring import build_services, default_cache_dir
 
 __all__ = ["create_app", "ConfigError", "pin_tenants_file", "startup_report"]
@@ -57,8 +57,8 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         app.wsgi_app = TrustedProxyFix(app.wsgi_app, hops=settings.trusted_proxies,
                                        allowed=settings.forwarded_allow)
     app.extensions["qcimage"] = build_services(settings, Path(app.instance_path))
-    # First: the request id and the access line must cover what the extensions refuse
-    # (a 429 from the limiter's own before_request hook carries its requestId too).
+    # Hooks first: Flask-Limiter's own before_request answers 429s, and those answers
+    # need the request id (and the access line) too.
     register_request_hooks(app)
     register_extensions(app, settings)
     register_blueprints(app, settings)

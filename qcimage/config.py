@@ -20,7 +20,7 @@ from .envreader import PREFIX, ConfigError, EnvReader
 from .groups import (CacheSettings, ImagingSettings, LimitSettings, LoggingSettings,
                      UpstreamSettings, read_cache, read_env, read_imaging, read_limits,
                      read_logging, read_upstream)
-from .keys import development_secrets, hash_api_key
+from .keys import KEY_HASH, KEY_NAME, development_secrets, hash_api_key
 from .services.imaging.watermark import Watermark, WatermarkLayer
 from .vocabulary import GRAVITIES, MAX_WIDTH, MIN_WIDTH
 
@@ -31,8 +31,6 @@ __all__ = ["PREFIX", "CacheSettings", "ConfigError", "ImagingSettings", "LimitSe
            "LoggingSettings", "Settings", "UpstreamSettings", "load_settings",
            "per_worker_limit_problems"]
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
-_KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 # From Debian's fonts-dejavu-core (installed by `make`): a file, because ImageMagick
 # silently swaps an unknown font *name* for another font.
 DEFAULT_WATERMARK_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
@@ -93,7 +91,7 @@ def _parse_api_keys(reader: EnvReader) -> dict[str, str]:
     for entry in reader.csv("API_KEYS"):
         name, _, digest = entry.partition(":")
         digest = digest.lower()
-        if not _KEY_NAME.match(name) or not _HEX64.match(digest):
+        if not KEY_NAME.match(name) or not KEY_HASH.match(digest):
             reader.errors.append(
                 f"{PREFIX}API_KEYS entries must be name:sha256hex (64 hex digits); "
                 f"entry {name or '?'!r} is not (create one with `qcimage keys create NAME`)")
@@ -174,8 +172,8 @@ TENANTS_SNAPSHOT = PREFIX + "TENANTS_SNAPSHOT"
 
 
 def _tenants(reader: EnvReader, settings: Settings, problems: list[str]) -> Tenants:
-    from .tenants import (LinkDefaults, Tenant, Tenants, load_tenants, read_tenants_file,
-                          single_tenant)
+    from .tenants import LinkDefaults, Tenant, Tenants, single_tenant
+    from .tenantsfile import load_tenants, read_tenants_file
 
     template = Tenant(name="", api_keys=settings.api_keys, watermark=settings.watermark,
                       cors_origins=settings.cors_origins, lookup_limit=settings.limits.lookup,

@@ -5,12 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 
 from .envreader import PREFIX
 
 DEVELOPMENT_SECRETS_FILE = "development-secrets.json"
+# A configured key: its name (what logs and rate limits see) and its SHA-256 hex digest.
+KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
+KEY_HASH = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def new_signing_key() -> str:

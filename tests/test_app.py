@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qcimage import ConfigError, create_app
-from tests.conftest import UPSTREAM, add_product
+from tests.conftest import API_KEY, UPSTREAM, add_product
 
 
 def test_unknown_path_is_json_404(client):
@@ -122,3 +122,20 @@ def test_readiness_is_503_when_the_policy_is_not_in_force(client, monkeypatch):
     response = client.get("/health/ready")
     assert response.status_code == 503
     assert response.get_json()["details"]["imagemagick_policy"] == "not loaded"
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://127.0.0.1:1,127.0.0.1:2",
+                                 "redis+sentinel://127.0.0.1:1/qcimage"])
+def test_a_box_starts_and_answers_while_its_redis_is_unreachable(env, upstream, url):
+    """Shared state and limits through Sentinel or Cluster: none is needed to start."""
+    app = create_app({**env, "QCIMAGE_REDIS_URL": url, "QCIMAGE_RATELIMIT_STORAGE_URI": url})
+    add_product(upstream)
+    client = app.test_client()
+    response = client.get("/api/qc-images?id=7494645791", headers={"X-API-Key": API_KEY})
+    assert response.status_code == 200, response.get_json()
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.get_json()["status"] == "degraded"
+    assert ready.get_json()["checks"]["redis"] == "down"
+    # The limiter's storage got the same short socket bounds as the shared store.
+    assert app.config["RATELIMIT_STORAGE_OPTIONS"]["socket_timeout"] == 0.5

@@ -16,8 +16,9 @@ from click.testing import CliRunner
 
 from qcimage import create_app
 from qcimage.cli import takedown_cli
+from qcimage.config import hash_api_key
 from qcimage.services.takedown import DiskTakedowns
-from tests.conftest import add_image, add_product
+from tests.conftest import add_image, add_product, query
 from tests.test_images import base, signed
 
 IMAGE = "n4EYdIoE"
@@ -58,6 +59,28 @@ def test_a_taken_down_image_answers_451_for_every_url(app, client, upstream, jpe
         assert response.headers["Cache-Control"] == "no-store"
     other = client.get(signed(base(url="otherImage1")))
     assert other.status_code == 200
+
+
+def test_every_tenants_link_to_the_image_answers_451(env, upstream, jpeg_source, tmp_path,
+                                                     takedown):
+    keys = {"shop-a": "key-of-shop-a-0123456789", "shop-b": "key-of-shop-b-0123456789"}
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text("".join(
+        f'[tenants.{name}]\napi_keys = ["{hash_api_key(key)}"]\n'
+        f'watermark = {{ text = "{name.upper()}" }}\n' for name, key in keys.items()))
+    tenant_env = {k: v for k, v in env.items() if k != "QCIMAGE_API_KEYS"}
+    client = create_app({**tenant_env, "QCIMAGE_TENANTS_FILE": str(tenants)}).test_client()
+    add_product(upstream, ids=(IMAGE,))
+    add_image(upstream, jpeg_source)
+    links = []
+    for key in keys.values():
+        body = client.get("/api/qc-images", query_string={"id": "7494645791"},
+                          headers={"X-API-Key": key}).get_json()
+        links.append(body["images"][0]["watermarked"].removeprefix(env["QCIMAGE_PUBLIC_URL"]))
+    assert len({query(link)["t"] for link in links}) == 2
+    assert [client.get(link).status_code for link in links] == [200, 200]
+    takedown("add", IMAGE)
+    assert [client.get(link).status_code for link in links] == [451, 451]
 
 
 def test_451_comes_before_the_304_a_revalidating_cache_would_get(client, upstream, jpeg_source,

@@ -85,7 +85,7 @@ class SentinelGroup:
         host, port = self.master_address()
         return next(s for s in self.servers if (s.host, s.port) == (host, port))
 
-    def wait_settled(self, timeout=30.0):
+    def wait_settled(self, timeout=60.0):
         """Until every sentinel knows the others and the master has a synced replica."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -240,7 +240,8 @@ class Farm:
         return {name: self.box_get(name, "/health/ready").json() for name in self.box_names}
 
     def box_logs(self, name: str) -> str:
-        return self.boxes[name].log_text()
+        """What the box logged since it last started."""
+        return self.boxes[name].log_text(this_start=True)
 
     # ------------------------------------------------------------------ clients
     def get(self, path: str, key: str | None = None, **kwargs):

@@ -121,9 +121,10 @@ _TRAILING = ".,;:!?"
 
 @dataclass(frozen=True)
 class ResolvedLink:
+    """What a link names: the platform (one of vocabulary.PLATFORMS) and the item's id."""
+
     platform: str
     product_id: str
-    site: str          # the site whose link shape matched, e.g. "Sugargoo → Weidian"
 
 
 class LinkError(ServiceError):
@@ -178,8 +179,7 @@ def _resolve_url(host: str, rest: str, depth: int) -> ResolvedLink:
         return found
     wrapped = _wrapped(rest, params, depth)
     if wrapped:
-        name = agent.name if agent else host
-        return ResolvedLink(wrapped.platform, wrapped.product_id, f"{name} → {wrapped.site}")
+        return wrapped
     if agent:
         raise LinkError(f"this {agent.name} link names no item: {_PASTE} (or the store's link)",
                         rank=2)
@@ -217,7 +217,7 @@ def _item(site: Site, path: str, params: Mapping[str, str]) -> ResolvedLink | No
     if product_id is None or not _ITEM_ID.match(product_id):
         return None
     platform = site.platform or site.codes.get(code.lower() if code else None)
-    return ResolvedLink(platform, product_id, site.name) if platform else None
+    return ResolvedLink(platform, product_id) if platform else None
 
 
 def _wrapped(rest: str, params: Mapping[str, str], depth: int) -> ResolvedLink | None:

@@ -18,7 +18,10 @@ import redis
 import redis.cluster
 import redis.exceptions
 import redis.sentinel
+from limits.storage import RedisClusterStorage, Storage
+from limits.storage.redis import RedisStorage
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
@@ -126,8 +129,6 @@ def limiter_storage_options(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> di
         options["sentinel_kwargs"] = {**options, "retry": _retry()}
         # Limits are decided on the master; a replica lags and would count short.
         options["use_replicas"] = False
-    if scheme == CLUSTER_SCHEME:
-        options["require_full_coverage"] = False
     return options
 
 
@@ -180,6 +181,11 @@ class LazyCluster:
                 raise redis.exceptions.ConnectionError(str(error)) from error
         return call
 
+    def register_script(self, script: str | bytes) -> Script:
+        # A script bound to this proxy; as bytes, so nothing asks the cluster for an
+        # encoder before it is reachable.
+        return Script(self, script.encode() if isinstance(script, str) else script)
+
     def ping(self) -> bool:
         """Every primary answers: a dead node is an outage of its slots, not "ok"."""
         return self.__getattr__("ping")(target_nodes=redis.cluster.RedisCluster.PRIMARIES)
@@ -187,3 +193,24 @@ class LazyCluster:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+
+class LazyClusterLimitsStorage(RedisClusterStorage):
+    """The ``limits`` storage for ``redis+cluster://``, on a :class:`LazyCluster`.
+
+    limits' own connects in its constructor, so a box whose rate-limit storage is a
+    cluster could not start while no node answers; this one starts, and Flask-Limiter
+    counts in memory until the cluster answers. Defining it registers it for the
+    scheme (limits keeps one class per scheme), in every process that imports this module.
+    """
+
+    STORAGE_SCHEME = [CLUSTER_SCHEME]
+
+    def __init__(self, uri: str, key_prefix: str = RedisStorage.PREFIX,
+                 wrap_exceptions: bool = False, **options):
+        target = parse_redis_url(uri)
+        self.key_prefix = key_prefix
+        self.target_server = "redis"
+        self.storage = LazyCluster(target, {**_auth(target), **options})
+        self.initialize_storage(uri)
+        Storage.__init__(self, uri, wrap_exceptions, **options)

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps, JpegImagePlugin
 
 from qcimage.config import DEFAULT_WATERMARK_FONT as DEFAULT_FONT
-from qcimage.services.imaging import (ImageTooLarge, RenderSpec, UnsupportedImage,
-                                      WatermarkError)
+from qcimage.services.imaging import (ImageTooLarge, RenderSpec, SourceTruncated,
+                                      UnsupportedImage, WatermarkError)
 from qcimage.services.imaging import engine as engine_module
 from qcimage.services.imaging.engine import ImagingEngine
 from qcimage.services.imaging.policy import (MAX_SIDE, available_output_formats,
@@ -688,3 +688,20 @@ def test_a_png_flooded_with_chunks_is_refused_before_walking_them_all():
     flood = png_header_only(64, 64)[:33] + png_chunk(b"tEXt", b"") * 100_001
     with pytest.raises(UnsupportedImage):
         probe(flood)
+
+
+def test_missing_data_the_header_walk_cannot_see_is_caught_from_the_decoder(engine,
+                                                                            light_photo):
+    # Cut in the scan, then given an end marker: probe() finds it whole, libjpeg does not
+    # (it would paint the rest grey and only warn).
+    cut = light_photo[:len(light_photo) // 2] + b"\xff\xd9"
+    assert probe(cut).format == "jpeg"
+    with pytest.raises(SourceTruncated):
+        engine.render(bytearray(cut), RenderSpec(480, 80, "webp"))
+
+
+@pytest.mark.parametrize("cut", ["scan", "end marker"])
+def test_a_jpeg_cut_short_is_truncated_not_unsupported(light_photo, cut):
+    data = light_photo[:len(light_photo) // 2] if cut == "scan" else light_photo[:-2]
+    with pytest.raises(SourceTruncated):
+        probe(data)

@@ -50,8 +50,11 @@ def test_limiter_options_bound_every_socket_and_keep_limits_on_the_master():
     assert options["socket_timeout"] == options["socket_connect_timeout"] == 0.5
     assert options["sentinel_kwargs"]["socket_timeout"] == 0.5
     assert options["use_replicas"] is False
-    cluster = redisconn.limiter_storage_options("redis+cluster://a:1")
-    assert cluster["require_full_coverage"] is False
+    cluster = storage_from_string("redis+cluster://127.0.0.1:1",
+                                  **redisconn.limiter_storage_options("redis+cluster://a:1"))
+    # Built without the cluster (a box starts while it is down) and says it is down.
+    assert isinstance(cluster, redisconn.LazyClusterLimitsStorage)
+    assert not cluster.check()
 
 
 def test_a_cluster_client_is_built_without_the_cluster(tmp_path):
