@@ -8,13 +8,15 @@ with one block listing every problem before any worker is forked.
 | variable                      | default                              |
 |-------------------------------|--------------------------------------|
 | QCIMAGE_BIND                  | 127.0.0.1:8000 (comma-separate more) |
-| QCIMAGE_WORKERS               | 2 * usable cores + 1, at most 12     |
-| QCIMAGE_THREADS               | 1                                    |
+| QCIMAGE_WORKERS               | usable cores (at least 2, at most 12)|
+| QCIMAGE_THREADS               | 64 (gthread workers; 1: sync)        |
 | QCIMAGE_WORKER_TIMEOUT        | 30 (seconds)                         |
 | QCIMAGE_GRACEFUL_TIMEOUT      | 30 (seconds)                         |
 | QCIMAGE_KEEPALIVE             | 5 (seconds)                          |
-| QCIMAGE_MAX_REQUESTS          | 1000 (0 turns recycling off)         |
-| QCIMAGE_MAX_REQUESTS_JITTER   | half of QCIMAGE_MAX_REQUESTS (500)   |
+| QCIMAGE_MAX_REQUESTS          | 0 (off: workers recycle by memory)   |
+| QCIMAGE_MAX_REQUESTS_JITTER   | half of QCIMAGE_MAX_REQUESTS         |
+| QCIMAGE_WORKER_MAX_RSS_MB     | 1024 (0: never recycle by memory)    |
+| QCIMAGE_MALLOC_ARENA_MAX      | 2 (glibc malloc arenas per worker)   |
 | QCIMAGE_ACCESS_LOG            | - (stdout); a path; "off" for none   |
 | QCIMAGE_LOG_LEVEL             | info                                 |
 | QCIMAGE_FORWARDED_ALLOW_IPS   | 127.0.0.1,::1                        |
@@ -31,6 +33,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 
 import gunicorn
 import gunicorn.arbiter
@@ -41,6 +44,13 @@ import gunicorn.http.wsgi
 # pixel cache, so memory, not CPU, runs out first on big boxes. Set
 # QCIMAGE_WORKERS explicitly to go higher.
 DEFAULT_WORKERS_CAP = 12
+# Threads overlap upstream waits (hundreds of ms each); the app bounds the CPU-bound
+# renders per worker itself (QCIMAGE_RENDER_SLOTS / QCIMAGE_RENDER_QUEUE). 64: with 32,
+# 64 clients of slow misses split unevenly over two workers met the queue (threads - 8)
+# and got 503s; idle threads cost little memory.
+DEFAULT_THREADS = 64
+# Two workers never recycle within this many seconds of each other.
+RECYCLE_GAP_SECONDS = 30
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 SERVER_NAME = "qcimage"
 
@@ -109,9 +119,11 @@ def env_allow_ips(name, default):
 
 def default_workers():
     # sched_getaffinity sees the CPUs this process may actually use (taskset,
-    # container cpusets); cpu_count() would count the whole host.
+    # container cpusets); cpu_count() would count the whole host. One gthread worker
+    # per core: its threads do the waiting. At least two, so one recycling never
+    # leaves the box without a worker.
     cores = len(os.sched_getaffinity(0))
-    return min(2 * cores + 1, DEFAULT_WORKERS_CAP)
+    return min(max(2, cores), DEFAULT_WORKERS_CAP)
 
 
 def hide_server_version():
@@ -132,21 +144,24 @@ proc_name = "qcimage"
 
 bind = env_bind("QCIMAGE_BIND", "127.0.0.1:8000")
 workers = env_int("QCIMAGE_WORKERS", default_workers(), 1, 256)
-# Rendering is CPU bound and ImageMagick runs single-threaded under our policy,
-# so extra threads only add contention; above 1 gunicorn switches to gthread.
-threads = env_int("QCIMAGE_THREADS", 1, 1, 64)
+# Above 1 gunicorn runs gthread workers: upstream waits overlap in threads while the
+# app lets only QCIMAGE_RENDER_SLOTS renders per worker use the CPU at once. Exported
+# so the app sizes its upstream connection pool and render queue to it.
+threads = env_int("QCIMAGE_THREADS", DEFAULT_THREADS, 1, 256)
+os.environ["QCIMAGE_THREADS"] = str(threads)
 # The timeout is what kills a worker stuck in a pathological decode; 0 (never)
 # is therefore refused.
 timeout = env_int("QCIMAGE_WORKER_TIMEOUT", 30, 1, 3600)
 graceful_timeout = env_int("QCIMAGE_GRACEFUL_TIMEOUT", 30, 1, 3600)
 # Only the gthread worker keeps connections open; sync closes after each reply.
 keepalive = env_int("QCIMAGE_KEEPALIVE", 5, 0, 3600)
-# Recycling bounds slow growth of ImageMagick's native heap; jitter keeps the
-# workers from all restarting at the same moment.
-max_requests = env_int("QCIMAGE_MAX_REQUESTS", 1000, 0, 10_000_000)
-# Half of max_requests: with +-10% the workers of an evenly loaded box all recycled
-# within moments of each other and p99 jumped from 59 ms to 1.3 s (BENCHMARKS.md).
+# Recycling by request count restarted ~18 workers in 30 s of cache hits and put
+# ~735 ms into the p99 (issue 9); workers recycle by memory instead (post_request),
+# which happens only when a native heap really grew. Counting stays available.
+max_requests = env_int("QCIMAGE_MAX_REQUESTS", 0, 0, 10_000_000)
 max_requests_jitter = env_int("QCIMAGE_MAX_REQUESTS_JITTER", max_requests // 2, 0, 10_000_000)
+WORKER_MAX_RSS = env_int("QCIMAGE_WORKER_MAX_RSS_MB", 1024, 0, 1024 * 1024) * 1024 * 1024
+MALLOC_ARENA_MAX = env_int("QCIMAGE_MALLOC_ARENA_MAX", 2, 0, 1024)
 
 accesslog = env_access_log("QCIMAGE_ACCESS_LOG", "-")
 errorlog = "-"
@@ -260,6 +275,51 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid, _metrics_dir)
 
 
+def limit_malloc_arenas():
+    """Cap glibc's malloc arenas before forking; workers inherit the setting.
+
+    glibc gives each thread that allocates its own arena (up to 8 per core), so 32
+    threads per worker grow RSS by hundreds of MB of fragmented heaps. The
+    MALLOC_ARENA_MAX variable would be read only at a process's start, and workers are
+    forked, not started: mallopt() in the master sets what they inherit.
+    """
+    if MALLOC_ARENA_MAX:
+        import ctypes
+        import ctypes.util
+
+        m_arena_max = -8  # from glibc's malloc.h
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        if hasattr(libc, "mallopt"):
+            libc.mallopt(m_arena_max, MALLOC_ARENA_MAX)
+
+
+def _rss_bytes():
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _recycle_turn():
+    """True for one worker per RECYCLE_GAP_SECONDS: a marker file's age says whose turn."""
+    marker = os.path.join(_metrics_dir, "last-recycle")
+    try:
+        if time.time() - os.stat(marker).st_mtime < RECYCLE_GAP_SECONDS:
+            return False
+    except FileNotFoundError:
+        pass
+    with open(marker, "a"):
+        os.utime(marker)
+    return True
+
+
+def post_request(worker, req, environ, resp):
+    # Recycle by memory, one worker at a time: the others carry its share while it
+    # finishes its requests and a fresh one boots, so no p99 spike from all at once.
+    if WORKER_MAX_RSS and _rss_bytes() > WORKER_MAX_RSS and _recycle_turn():
+        worker.log.warning("worker %s uses more than %d MB; recycling it", worker.pid,
+                           WORKER_MAX_RSS // (1024 * 1024))
+        worker.alive = False
+
+
 def on_starting(server):
     """Check qcimage's configuration once, in the master, before any worker is forked.
 
@@ -267,6 +327,7 @@ def on_starting(server):
     restarting them. Imported here, not at the top: this file must load without the app.
     Another WSGI app run with this file (the tests' hello app) is not ours to check.
     """
+    limit_malloc_arenas()
     if getattr(server.app, "app_uri", None) != wsgi_app:
         return
     from qcimage import pin_tenants_file, startup_report

@@ -14,13 +14,15 @@ import time
 import traceback
 from pathlib import Path
 
+import requests
+
 from tools import harness
 from tools.samples import SAMPLES_BY_ID, ensure_samples
 
-from . import inprocess, phases, scaleout
+from . import inprocess, phases, scaleout, slow_upstream
 from .report import DEFAULT_LABEL, FULL_LABEL, draw_chart, render_markdown
-from .servers import (BENCH_RATE_LIMIT, FULL_SOURCE, default_workers, production_env,
-                      start_service)
+from .servers import (BENCH_RATE_LIMIT, FULL_SOURCE, default_threads, default_workers,
+                      production_env, start_service)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +57,8 @@ def _pin_cores(count: int) -> list[int]:
     return cores
 
 
-def _machine(cores: list[int], workers: int, vips_version: str) -> dict[str, str]:
+def _machine(cores: list[int], workers: int, threads: int,
+             vips_version: str) -> dict[str, str]:
     # Through the imaging package: it points ImageMagick at our policy before Wand loads.
     from qcimage.services.imaging.policy import imagemagick_version
 
@@ -75,7 +78,8 @@ def _machine(cores: list[int], workers: int, vips_version: str) -> dict[str, str
         "Python": platform.python_version(),
         "ImageMagick": imagemagick_version(),
         "libvips (pyvips)": vips_version,
-        "gunicorn workers": f"{workers} (gunicorn.conf.py default), sync, 1 thread",
+        "gunicorn workers": (f"{workers} (gunicorn.conf.py default), gthread, "
+                             f"{threads} threads each"),
         "commit": f"{commit} (plus uncommitted changes, if any)",
     }
 
@@ -102,13 +106,13 @@ def findings(results: dict) -> list[str]:
     for row in results.get("recycling") or []:
         if row["recycled"] and row["c"] in steady:
             notes.append(
-                f"With the production default QCIMAGE_MAX_REQUESTS=1000 (jitter 500), "
+                f"With the production defaults (recycling by memory), "
                 f"{row['recycled']} workers were recycled in {row['requests']} hits; "
                 f"throughput {row['rps']:.0f} req/s and p99 {row['p99_ms']:.0f} ms against "
                 f"{steady[row['c']]['rps']:.0f} req/s and {steady[row['c']]['p99_ms']:.0f} ms "
                 "without recycling. Each recycle boots a fresh worker (imports, ImageMagick, "
                 "the watermark check) while the others carry its share: on busy boxes "
-                "raise QCIMAGE_MAX_REQUESTS.")
+                "raise QCIMAGE_WORKER_MAX_RSS_MB.")
     return notes
 
 
@@ -142,7 +146,7 @@ def run(args: argparse.Namespace) -> dict:
                                       effort=default.engine.webp_method)
         results["meta"] = {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": _machine(cores, workers, vips.version()),
+            "machine": _machine(cores, workers, default_threads(), vips.version()),
         }
         _in_process(results, args, default, full, vips, paths)
         _default_server(results, args, upstream, tmp, workers)
@@ -218,9 +222,10 @@ def _default_server(results: dict, args: argparse.Namespace, upstream, tmp: Path
         _extend(results, "cold", _phase(results, "cold", phases.cold_latency, service,
                                         phases.COLD_CASES, n, budget_s=120))
         urls = _phase(results, "hits", phases.warm_hit_urls, service)
+        etag = None
         if urls:
             _extend(results, "hits", _phase(results, "hits", phases.wrk_rows, service,
-                                            "cache hit (9 warm URLs)", urls, (1, 8, 32),
+                                            "cache hit (9 warm URLs)", urls, (1, 16, 64),
                                             duration))
             results["cold_throughput"] = _phase(results, "hits", phases.cold_throughput,
                                                 service, 8, max_requests=60, budget_s=15)
@@ -228,30 +233,66 @@ def _default_server(results: dict, args: argparse.Namespace, upstream, tmp: Path
             if etag:
                 _extend(results, "not_modified", _phase(
                     results, "not_modified", phases.wrk_rows, service, "304 (If-None-Match)",
-                    [urls[1]], (8, 32), duration, {"If-None-Match": etag}))
+                    [urls[1]], (16,), duration, {"If-None-Match": etag}))
         results["coalescing"] = _phase(results, "coalescing", phases.coalescing, service,
                                        upstream)
         lookup = _phase(results, "lookup", phases.lookup_url, service)
         if lookup:
             _extend(results, "lookup", _phase(results, "lookup", phases.wrk_rows, service,
-                                              "look-up (warm cache)", [lookup], (8, 32),
+                                              "look-up (warm cache)", [lookup], (16,),
                                               duration, {"X-API-Key": service.api_key}))
+        if urls and lookup and etag:
+            _extend(results, "nginx", _phase(results, "nginx", _through_nginx, service, tmp,
+                                             urls, lookup, etag, duration))
+        results["slow_upstream"] = _phase(results, "slow_upstream",
+                                          slow_upstream.misses_under_latency, service, upstream)
         _extend(results, "memory", _phase(results, "memory", phases.big_source_memory,
                                           service, "cR-eVGrQ", rounds=1, budget_s=60))
     finally:
         service.stop()
+    _log("gunicorn, a render queue below the load ...")
+    service = start_service(upstream, tmp, "queue-8", workers, QCIMAGE_MAX_REQUESTS="0",
+                            QCIMAGE_RENDER_QUEUE="8")
+    try:
+        results["overload"] = _phase(results, "overload", slow_upstream.overload, service,
+                                     upstream)
+    finally:
+        service.stop()
+
+
+def _through_nginx(service, tmp: Path, urls: list[str], lookup: str, etag: str,
+                   duration: float) -> list[dict]:
+    """Hits, look-ups and 304s through the shipped nginx config (TLS, its image cache)."""
+    port = int(service.url.rsplit(":", 1)[1])
+    nginx = harness.start_nginx(tmp / "nginx", port)
+    try:
+        def via(url: str) -> str:
+            return url.replace(service.url, nginx.url)
+
+        for url in urls:  # fill nginx's cache: what it serves from then on
+            requests.get(via(url), verify=nginx.ca_bundle, timeout=30)
+        rows = []
+        for what, targets, headers in (
+                ("cache hit via nginx", [via(u) for u in urls], None),
+                ("look-up via nginx", [via(lookup)], {"X-API-Key": service.api_key}),
+                ("304 via nginx", [via(urls[1])], {"If-None-Match": etag})):
+            rows += phases.wrk_rows(service, what, targets, (16,), duration, headers)
+        return rows
+    finally:
+        nginx.stop()
 
 
 def _recycling_server(results: dict, args: argparse.Namespace, upstream, tmp: Path,
                       workers: int) -> None:
-    _log("gunicorn, default policy with production worker recycling ...")
+    _log("gunicorn, default policy with production worker recycling settings ...")
     service = start_service(upstream, tmp, "recycling", workers)
     try:
         urls = _phase(results, "recycling", phases.warm_hit_urls, service)
         if urls:
             _extend(results, "recycling", _phase(
                 results, "recycling", phases.wrk_rows, service,
-                "cache hit, MAX_REQUESTS=1000±500", urls, (8,), 3 * args.duration))
+                "cache hit, production defaults (recycling by memory)", urls, (16,),
+                3 * args.duration))
     finally:
         service.stop()
 

@@ -92,12 +92,87 @@ def targets(results: dict) -> list[tuple[str, str, str, bool | None]]:
                  else "not measured",
                  merged["upstream_fetches"] == 1 and merged["misses"] == 1 and
                  merged["non_200"] == 0 if merged else None))
+    rows += worker_model_targets(results)
     memory = next((m for m in results.get("memory") or [] if m["policy"] == FULL_LABEL), None)
     peak = memory and memory.get("max_peak_rss")
     rows.append(("peak RSS per worker, 5000x3750 PNG at SOURCE_WIDTH=5000 png", "≤ 300 MiB",
                  f"{peak / MB:.1f} MiB" if peak else "not measured",
                  peak <= TARGET_RSS_BYTES if peak else None))
     return rows
+
+
+def worker_model_targets(results: dict) -> list[tuple[str, str, str, bool | None]]:
+    """Issue 9's targets: misses with a slow upstream, hits and look-ups, overload."""
+    rows: list[tuple[str, str, str, bool | None]] = []
+    cells = {(r["delay_s"], r["c"]): r for r in results.get("slow_upstream") or []}
+    for delay, c, goal in ((0.2, 16, 0.8), (0.8, 16, 0.8)):
+        row = cells.get((delay, c))
+        rows.append((f"misses, upstream {delay:g} s, c={c}: ratio to ideal", f"≥ {goal}",
+                     f"{row['ratio']:.2f} ({row['rps']:.1f} of {row['ideal_rps']:.1f}/s)"
+                     if row and row.get("ratio") else "not measured",
+                     row["ratio"] >= goal if row and row.get("ratio") else None))
+    slow, instant = cells.get((0.8, 64)), max(
+        (r["rps"] for r in cells.values() if r["delay_s"] == 0), default=None)
+    rows.append(("misses, upstream 0.8 s, c=64 / instant-upstream rate", "≥ 0.85",
+                 f"{slow['rps'] / instant:.2f}" if slow and instant else "not measured",
+                 slow["rps"] / instant >= 0.85 if slow and instant else None))
+    rows.append(("misses, upstream 0.8 s, c=64: errors / 503s", "0 / 0",
+                 f"{slow['errors']} / {slow['overloaded']}" if slow else "not measured",
+                 slow["errors"] == 0 and slow["overloaded"] == 0 if slow else None))
+    peaks = slow and slow.get("peak_rss")
+    rows.append(("peak RSS per worker after 64 concurrent misses", "≤ 300 MiB",
+                 f"{max(peaks.values()) / MB:.0f} MiB" if peaks else "not measured",
+                 max(peaks.values()) <= TARGET_RSS_BYTES if peaks else None))
+    instant4 = cells.get((0.0, 4))
+    rows.append(("misses, instant upstream, c=4", "≈ 48/s before", num(instant4["rps"])
+                 + "/s" if instant4 else "not measured", None))
+    for what, key, goal in (("cache hits direct to gunicorn", "hits", 2500),
+                            ("warm look-ups direct to gunicorn", "lookup", 1500)):
+        row = next((r for r in results.get(key) or [] if r["c"] == 16), None)
+        rows.append((f"{what}, c=16: req/s, p99", f"≥ {goal}/s, ≤ 25 ms",
+                     f"{row['rps']:.0f}/s, {row['p99_ms']:.1f} ms" if row else "not measured",
+                     row["rps"] >= goal and row["p99_ms"] <= 25 if row else None))
+    over = results.get("overload")
+    rows.append(("queue below the load: 503 overloaded p99, rest 200",
+                 "< 100 ms, no other status",
+                 f"{over['overloaded']} refused (p99 {num(over['refused_p99_ms'])} ms), "
+                 f"{over['ok']} served, {over['errors']} other" if over else "not measured",
+                 over["errors"] == 0 and over["overloaded"] > 0 and
+                 (over["refused_p99_ms"] or 0) < 100 if over else None))
+    return rows
+
+
+def _slow_upstream_table(rows: list[dict]) -> str:
+    return markdown_table(
+        ["image delay s", "clients", "misses/s", "ideal/s", "ratio", "p50 ms", "p99 ms",
+         "in flight at upstream (max)", "errors", "503"],
+        [[num(r["delay_s"], 1), r["c"], num(r["rps"]), num(r.get("ideal_rps")),
+          num(r.get("ratio"), 2), num(r["p50_ms"]), num(r["p99_ms"]), r["in_flight_max"],
+          r["errors"], r["overloaded"]] for r in rows],
+        "rrrrrrrrrr")
+
+
+def _overload_block(row: dict) -> str:
+    return markdown_table(
+        ["workers × queue", "clients", "image delay s", "served (200)", "refused (503)",
+         "other", "503 p99 ms", "200 p50 ms"],
+        [[f"{row['workers']} × {row['queue']}", row["c"], num(row["delay_s"], 1), row["ok"],
+          row["overloaded"], row["errors"], num(row["refused_p99_ms"]), num(row["p50_ms"])]],
+        "rrrrrrrr")
+
+
+def page_views(results: dict, hit_ratio: float, images_per_page: int = 4,
+               via_nginx: bool = True) -> float | None:
+    """Page views a second one box serves: each page shows ``images_per_page`` images, of
+    which ``hit_ratio`` are cached; misses at the 0.8 s upstream, 64 clients."""
+    slow = next((r for r in results.get("slow_upstream") or []
+                 if r["delay_s"] == 0.8 and r["c"] == 64), None)
+    hits = next((r for r in results.get("nginx" if via_nginx else "hits") or []
+                 if r["c"] == 16 and "hit" in r["what"]), None)
+    if not slow or not hits or not slow["rps"]:
+        return None
+    seconds = images_per_page * (hit_ratio / hits["rps"] + (1 - hit_ratio) / slow["rps"])
+    return 1 / seconds
 
 
 def _cold_table(rows: list[dict]) -> str:
@@ -228,10 +303,9 @@ def render_markdown(results: dict, chart_name: str) -> str:
          "`/_stats` counts the fetches of that image, the responses' `X-Cache: MISS` the "
          "renders."),
         ("8. Worker recycling under load", "recycling", _throughput_table,
-         "The sections above run with `QCIMAGE_MAX_REQUESTS=0` so that a short wrk window "
-         "never lands on a recycle. Here a third instance keeps the production default "
-         "(1000 requests ± 500 jitter) and serves the warm hit URLs for longer than it takes "
-         "every worker to reach its limit; compare with the steady-state row of section 5."),
+         "A separate instance with every production default (workers recycle by memory, "
+         "`QCIMAGE_WORKER_MAX_RSS_MB`, never two within 30 s; no recycling by request count) "
+         "serves the warm hit URLs for three wrk windows; compare with section 5."),
         ("9. Product look-up", "lookup", _throughput_table,
          "wrk with `X-API-Key` on `/api/qc-images` for the default product, look-up cache "
          "warm, rate limit raised for the run (non-2xx would show 429s)."),
@@ -240,6 +314,21 @@ def render_markdown(results: dict, chart_name: str) -> str:
          "(twice as many concurrent distinct requests as workers, repeated), under the "
          "full-source policy; the default-policy server's workers after all of its phases "
          "are listed for comparison (recycled workers restart the count)."),
+        ("11. Misses with a slow upstream (worker model)", "slow_upstream",
+         _slow_upstream_table,
+         "Each request is a distinct source (an upright JPEG sample at a width from 800 "
+         "up), so neither the source cache nor coalescing can hide the wait; the stand-in "
+         "prepared every source beforehand and only sleeps (`/_conditions`: image delay as "
+         "given, look-ups 0.3 s). Clients take the URLs until none is left. Ideal = "
+         "min(CPU-bound rate, clients / (delay + one miss's CPU time)), the CPU-bound rate "
+         "being the best instant-upstream rate and one miss's CPU time cores / that rate."),
+        ("12. Overload: a render queue below the load", "overload", _overload_block,
+         "A second instance with `QCIMAGE_RENDER_QUEUE=8` per worker, 64 clients of "
+         "distinct misses at a 0.8 s upstream: the excess must be refused at once with "
+         "503 `overloaded`, the rest served."),
+        ("13. Hits, look-ups and 304s through the shipped nginx", "nginx", _throughput_table,
+         "nginx with `nginx/qcimage.conf` (TLS, its image cache filled first, keep-alive to "
+         "gunicorn) in front of the default instance; wrk over HTTPS, c=16."),
     ]
     for title, key, table, method in sections:
         out += [f"## {title}", "", method, ""]
@@ -277,81 +366,133 @@ def _coalescing_block(merged: dict) -> str:
 
 
 def draw_chart(results: dict, path: Path) -> None:
-    """Six panels summarising the run, written as a PNG (matplotlib's Agg backend)."""
+    """What one box does, for a person deciding whether to adopt qcimage (PNG, Agg backend).
+
+    Linear axes from zero, every bar labelled with its value, workers numbered rather than
+    named by pid; the run's date, commit and machine load in the title.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
-    fig.suptitle(f"qcimage benchmarks — {results['meta']['date']}", fontsize=13)
-
-    ax = axes[0][0]
-    cold = results.get("cold") or []
-    if cold:
-        labels = [f"{r['policy']}\n{r['case']}" for r in cold]
-        upstream = [r.get("upstream_p50_ms") or 0 for r in cold]
-        render = [r.get("render_p50_ms") or 0 for r in cold]
-        other = [max(0, (r.get("p50_ms") or 0) - u - v) for r, u, v in zip(cold, upstream, render)]
-        y = range(len(cold))
-        ax.barh(y, upstream, label="upstream")
-        ax.barh(y, render, left=upstream, label="render")
-        ax.barh(y, other, left=[u + v for u, v in zip(upstream, render)], label="rest")
-        ax.set_yticks(list(y), labels, fontsize=6)
-        ax.invert_yaxis()
-        ax.legend(fontsize=7)
-    ax.set_title("cold request p50 (ms)", fontsize=10)
-
-    ax = axes[0][1]
-    bars = [(f"hit c={r['c']}", r["rps"]) for r in results.get("hits") or []]
-    if results.get("cold_throughput"):
-        bars.append((f"cold c={results['cold_throughput']['c']}",
-                     results["cold_throughput"]["rps"]))
-    bars += [(f"304 c={r['c']}", r["rps"]) for r in results.get("not_modified") or []]
-    bars += [(f"lookup c={r['c']}", r["rps"]) for r in results.get("lookup") or []]
-    bars += [(f"hit c={r['c']}\nrecycling", r["rps"]) for r in results.get("recycling") or []]
-    if bars:
-        drawn = ax.bar(range(len(bars)), [v for _, v in bars], color="tab:green")
-        ax.bar_label(drawn, fmt="%.0f", fontsize=7)
-        ax.set_xticks(range(len(bars)), [k for k, _ in bars], rotation=45, ha="right",
-                      fontsize=7)
-        ax.set_yscale("log")
-    ax.set_title("throughput (req/s, log)", fontsize=10)
-
-    ax = axes[0][2]
-    duel = results.get("engine_vs_vips")
-    if duel:
-        ax.boxplot([duel["ours_samples"], duel["vips_samples"]])
-        ax.set_xticks([1, 2], ["ours (Wand)", "pyvips"])
-        ax.set_ylabel("ms")
-    ax.set_title("4000x3000 JPEG -> 960 webp, in process", fontsize=10)
-
-    sizing = results.get("sizing") or []
-    for ax, title, keys, log in (
-            (axes[1][0], "bytes fetched per image (log)", ("default_bytes", "full_bytes"), True),
-            (axes[1][1], "fetch + render ms per image (log)", ("default_ms", "full_ms"), True)):
-        if sizing:
-            x = range(len(sizing))
-            ax.bar([i - 0.2 for i in x], [r[keys[0]] for r in sizing], 0.4, label="default")
-            ax.bar([i + 0.2 for i in x], [r[keys[1]] for r in sizing], 0.4, label="full source")
-            ax.set_xticks(list(x), [r["image_id"] for r in sizing], fontsize=7)
-            if log:
-                ax.set_yscale("log")
-            ax.legend(fontsize=7)
-        ax.set_title(title, fontsize=10)
-
-    ax = axes[1][2]
-    memory = results.get("memory") or []
-    peaks = [(f"{m['policy']}\n{pid}", peak / MB) for m in memory
-             for pid, peak in sorted(m["peak_rss"].items())]
-    if peaks:
-        drawn = ax.bar(range(len(peaks)), [v for _, v in peaks], color="tab:purple")
-        ax.bar_label(drawn, fmt="%.0f", fontsize=7)
-        ax.set_xticks(range(len(peaks)), [k for k, _ in peaks], fontsize=6, rotation=45)
-        ax.axhline(TARGET_RSS_BYTES / MB, color="red", linestyle="--", label="300 MiB target")
-        ax.legend(fontsize=7)
-    ax.set_title("peak RSS per worker (MiB)", fontsize=10)
-
+    meta = results["meta"]
+    machine = meta["machine"]
+    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
+    fig.suptitle(
+        f"qcimage, one box: {machine.get('cores used (nproc)', '?')} cores, "
+        f"{machine.get('gunicorn workers', '?')}\n"
+        f"{meta['date']} · commit {machine.get('commit', '?').split()[0]} · load average "
+        f"before / after: {machine.get('load average (1 min) before / after', '?').split(' (')[0]}"
+        " (the machine is shared: compare ratios)", fontsize=12)
+    _misses_panel(axes[0][0], results.get("slow_upstream") or [])
+    _ratio_panel(axes[0][1], results.get("slow_upstream") or [])
+    served = _served_rows(results)
+    _hbar_panel(axes[0][2], [(label, r["rps"]) for label, r in served], "%.0f",
+                "requests per second (c=16), more is better")
+    _hbar_panel(axes[1][0], [(label, r["p99_ms"]) for label, r in served], "%.1f",
+                "p99 latency in ms (c=16), less is better", target=(25, "25 ms target"))
+    _memory_panel(axes[1][1], results)
+    _page_views_panel(axes[1][2], results)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _misses_panel(ax, rows: list[dict]) -> None:
+    delays = sorted({r["delay_s"] for r in rows})
+    clients = sorted({r["c"] for r in rows})
+    width = 0.8 / max(1, len(clients))
+    for i, c in enumerate(clients):
+        cells = [next((r for r in rows if r["delay_s"] == d and r["c"] == c), None)
+                 for d in delays]
+        placed = [(n + (i - (len(clients) - 1) / 2) * width, cell)
+                  for n, cell in enumerate(cells) if cell]
+        x, cells = [p for p, _ in placed], [cell for _, cell in placed]
+        drawn = ax.bar(x, [cell["rps"] for cell in cells], width, label=f"{c} clients")
+        ax.bar_label(drawn, fmt="%.0f", fontsize=8)
+        ideal = [(xx, cell["ideal_rps"]) for xx, cell in zip(x, cells)
+                 if cell.get("ideal_rps")]
+        if ideal:
+            ax.scatter([p for p, _ in ideal], [v for _, v in ideal], marker="_", s=300,
+                       color="black", label="ideal" if i == 0 else None, zorder=3)
+    ax.set_xticks(range(len(delays)), ["instant" if d == 0 else f"{d:g} s" for d in delays])
+    ax.set_xlabel("upstream delay per image")
+    ax.set_ylim(0, max([r["rps"] for r in rows] + [r.get("ideal_rps") or 0 for r in rows]
+                       + [1]) * 1.15)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("cold images (distinct misses) per second", fontsize=11)
+
+
+def _ratio_panel(ax, rows: list[dict]) -> None:
+    cells = sorted((r for r in rows if r.get("ratio")), key=lambda r: (r["delay_s"], r["c"]))
+    labels = [f"{r['delay_s']:g} s\n{r['c']} clients" for r in cells]
+    drawn = ax.bar(range(len(cells)), [r["ratio"] for r in cells], color="tab:olive")
+    ax.bar_label(drawn, fmt="%.2f", fontsize=8)
+    ax.set_xticks(range(len(cells)), labels, fontsize=8)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.axhline(0.8, color="red", linestyle="--", label="0.8 target")
+    ax.set_ylim(0, 1.25)
+    ax.legend(fontsize=8)
+    ax.set_title("misses/s as a share of the ideal (1.0 = waits fully overlapped)",
+                 fontsize=11)
+
+
+def _served_rows(results: dict) -> list[tuple[str, dict]]:
+    wanted = (("hits", "cache hit, gunicorn"), ("lookup", "look-up, gunicorn"),
+              ("not_modified", "304, gunicorn"))
+    rows = [(label, r) for key, label in wanted for r in results.get(key) or []
+            if r["c"] == 16]
+    names = {"cache hit via nginx": "cache hit, nginx", "look-up via nginx": "look-up, nginx",
+             "304 via nginx": "304, nginx"}
+    rows += [(names.get(r["what"], r["what"]), r) for r in results.get("nginx") or []]
+    return rows
+
+
+def _hbar_panel(ax, bars: list[tuple[str, float]], fmt: str, title: str,
+                target: tuple[float, str] | None = None) -> None:
+    drawn = ax.barh(range(len(bars)), [v for _, v in bars], color="tab:green")
+    ax.bar_label(drawn, fmt=fmt, fontsize=8, padding=2)
+    ax.set_yticks(range(len(bars)), [k for k, _ in bars], fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlim(left=0, right=max([v for _, v in bars] + [target[0] if target else 0]) * 1.2
+                or 1)
+    if target:
+        ax.axvline(target[0], color="red", linestyle="--", label=target[1])
+        ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=11)
+
+
+def _memory_panel(ax, results: dict) -> None:
+    bars = []
+    slow = next((r for r in results.get("slow_upstream") or [] if r.get("peak_rss")), None)
+    if slow:
+        bars += [(f"worker {n}\n64 slow misses", peak / MB)
+                 for n, (_, peak) in enumerate(sorted(slow["peak_rss"].items()), 1)]
+    for memory in results.get("memory") or []:
+        if memory["policy"] == FULL_LABEL:
+            bars += [(f"worker {n}\n5000 px PNG source", peak / MB)
+                     for n, (_, peak) in enumerate(sorted(memory["peak_rss"].items()), 1)]
+    drawn = ax.bar(range(len(bars)), [v for _, v in bars], color="tab:purple")
+    ax.bar_label(drawn, fmt="%.0f", fontsize=8)
+    ax.set_xticks(range(len(bars)), [k for k, _ in bars], fontsize=8)
+    ax.axhline(TARGET_RSS_BYTES / MB, color="red", linestyle="--", label="300 MiB target")
+    ax.set_ylim(0, max([v for _, v in bars] + [TARGET_RSS_BYTES / MB]) * 1.2)
+    ax.legend(fontsize=8)
+    ax.set_title("peak memory per worker (MiB)", fontsize=11)
+
+
+def _page_views_panel(ax, results: dict) -> None:
+    ratios = [0.80, 0.85, 0.90, 0.95, 0.98, 0.99]
+    for via_nginx, label in ((True, "behind the shipped nginx"), (False, "gunicorn alone")):
+        values = [page_views(results, h, via_nginx=via_nginx) for h in ratios]
+        if all(v is not None for v in values):
+            ax.plot([h * 100 for h in ratios], values, marker="o", label=label)
+            for h, v in zip(ratios, values):
+                ax.annotate(f"{v:.0f}", (h * 100, v), textcoords="offset points",
+                            xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("share of image requests that are cache hits (%)")
+    ax.legend(fontsize=8)
+    ax.set_title("page views per second one box serves\n(4 QC photos a page, misses at a "
+                 "0.8 s upstream)", fontsize=11)

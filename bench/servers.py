@@ -27,6 +27,11 @@ def default_workers() -> int:
     return runpy.run_path(str(harness.GUNICORN_CONF))["default_workers"]()
 
 
+def default_threads() -> int:
+    """The threads per worker gunicorn.conf.py runs when none are configured."""
+    return runpy.run_path(str(harness.GUNICORN_CONF))["DEFAULT_THREADS"]
+
+
 def product_of(image_id: str) -> tuple[str, str]:
     """(platform, product id) of the first catalogue product listing ``image_id``."""
     for (platform, product_id), product in PRODUCTS.items():

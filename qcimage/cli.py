@@ -197,7 +197,7 @@ class _TakedownPlace:
     """The takedown list and the caches this box shares with the service, from its settings."""
 
     def __init__(self):
-        from .services.cache import open_store
+        from .services.cache import open_source_store, open_store
         from .services.takedown import open_takedowns
 
         default_dir = default_cache_dir()
@@ -207,6 +207,7 @@ class _TakedownPlace:
             raise click.ClickException(str(error)) from None
         _check_owner(self.settings.dir or default_dir)
         self.store, shared = open_store(self.settings, default_dir)
+        self.sources = open_source_store(self.settings, default_dir, shared)
         self.takedowns = open_takedowns(self.settings.dir or default_dir, shared,
                                         self.settings.redis_url)
 
@@ -268,7 +269,7 @@ def add_takedown(image_id: str, reason: str) -> None:
 
     place = _TakedownPlace()
     place(place.takedowns.add, Takedown(image_id=image_id, reason=reason, at=time.time()))
-    purged = place.store.purge(image_id)
+    purged = place.store.purge(image_id) + place.sources.purge(image_id)
     settings = place.settings
     _note(f"{image_id} is taken down (list in {place.takedowns.where}); {purged} cached "
           f"entr{'y' if purged == 1 else 'ies'} purged. Every worker answers 451 for it "

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from .envreader import PREFIX, ConfigError, EnvReader
 from .groups import (CacheSettings, ImagingSettings, LimitSettings, LoggingSettings,
-                     UpstreamSettings, read_cache, read_env, read_imaging, read_limits,
-                     read_logging, read_upstream)
+                     UpstreamSettings, WorkerSettings, read_cache, read_env, read_imaging,
+                     read_limits, read_logging, read_upstream, read_workers)
 from .keys import KEY_HASH, KEY_NAME, development_secrets, hash_api_key
 from .services.imaging.watermark import Watermark, WatermarkLayer
 from .vocabulary import GRAVITIES, MAX_WIDTH, MIN_WIDTH
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .tenants import Tenants
 
 __all__ = ["PREFIX", "CacheSettings", "ConfigError", "ImagingSettings", "LimitSettings",
-           "LoggingSettings", "Settings", "UpstreamSettings", "load_settings",
+           "LoggingSettings", "Settings", "UpstreamSettings", "WorkerSettings", "load_settings",
            "per_worker_limit_problems"]
 
 # From Debian's fonts-dejavu-core (installed by `make`): a file, because ImageMagick
@@ -56,6 +56,7 @@ class Settings:
     upstream: UpstreamSettings
     cache: CacheSettings
     imaging: ImagingSettings
+    workers: WorkerSettings
     limits: LimitSettings
     watermark: Watermark
     logging: LoggingSettings
@@ -254,6 +255,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         upstream=read_upstream(reader),
         cache=read_cache(reader, cache_dir),
         imaging=read_imaging(reader),
+        workers=read_workers(reader),
         limits=read_limits(reader),
         watermark=Watermark(_parse_watermark(reader)),
         logging=read_logging(reader, env),

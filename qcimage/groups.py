@@ -46,8 +46,20 @@ class CacheSettings:
     redis_required: bool
     lookup_ttl: int
     render_wait_timeout: float
+    source_ttl: int  # fetched sources (SourceCache); 0 disables
+    source_max_bytes: int
     takedown_refresh: float  # seconds a worker may go without checking the takedown list
     shared_cache_ttl: int  # seconds nginx and CDNs may keep an image without asking
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The worker model: threads per worker (as gunicorn runs them), renders at once per
+    worker and the bound on misses a worker holds at once."""
+
+    threads: int
+    render_slots: int
+    render_queue: int
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,9 @@ def read_cache(reader: EnvReader, directory: Path | None) -> CacheSettings:
         redis_required=reader.bool("REDIS_REQUIRED", False),
         lookup_ttl=reader.int("LOOKUP_CACHE_TTL", 300, 0, 86400),
         render_wait_timeout=reader.float("RENDER_WAIT_TIMEOUT", 10.0, 0.1, 120),
+        source_ttl=reader.int("SOURCE_CACHE_TTL", 60, 0, 3600),
+        source_max_bytes=reader.int("SOURCE_CACHE_MAX_BYTES", 256 * 1024 ** 2,
+                                    16 * 1024 ** 2, 1024 ** 4),
         # A takedown is in force on every worker within this (DESIGN §7: within 5 s).
         takedown_refresh=reader.float("TAKEDOWN_REFRESH", 2.0, 0.0, 5.0),
         # A takedown reaches nginx within this, a CDN in front of it within twice this:
@@ -152,6 +167,17 @@ def read_imaging(reader: EnvReader) -> ImagingSettings:
                                     ("area", "triangle", "lanczos", "mitchell", "catrom", "box")),
         webp_method=reader.int("WEBP_METHOD", 2, 0, 6),
         auto_formats=auto_formats,
+    )
+
+
+def read_workers(reader: EnvReader) -> WorkerSettings:
+    # gunicorn.conf.py exports the thread count it runs with; outside gunicorn, one.
+    threads = reader.int("THREADS", 1, 1, 256)
+    return WorkerSettings(
+        threads=threads,
+        render_slots=reader.int("RENDER_SLOTS", 2, 1, 64),
+        # Leave threads for hits, 304s, look-ups and /health when misses pile up.
+        render_queue=reader.int("RENDER_QUEUE", max(1, threads - 8), 1, 4096),
     )
 
 

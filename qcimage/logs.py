@@ -45,12 +45,12 @@ def configure_logging(log_format: str) -> None:
         handler.setFormatter(EscapingFormatter(
             "%(asctime)s %(levelname)-7s %(name)s %(process)d [%(request_id)s] %(message)s"))
     handler.addFilter(_RequestContextFilter())
-    # Libraries whose warnings operators need (storage fallbacks, circuit changes) log
+    # Libraries whose warnings operators need (storage fallbacks) log
     # through the same handler, so every line has one format.
-    for name in ("qcimage", "flask-limiter", "pybreaker"):
+    for name in ("qcimage", "flask-limiter"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
-        logger.setLevel(logging.INFO if name != "pybreaker" else logging.WARNING)
+        logger.setLevel(logging.INFO)
         logger.propagate = False
     logging.getLogger("flask-limiter").filters[:] = [_limiter_outages_only]
 

@@ -63,7 +63,8 @@ _ERRORS = {
     451: "`taken_down`: the operator removed this image; no URL of it is served.",
     500: "Internal error (quote the `requestId`).",
     502: "Upstream answered with an error or garbage.",
-    503: "Upstream circuit open or a required backing service down; see `Retry-After`.",
+    503: ("Upstream circuit open, a required backing service down, or `overloaded`: too many "
+          "image misses queued on the worker; see `Retry-After`."),
     504: "Upstream timed out.",
 }
 

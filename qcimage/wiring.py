@@ -67,10 +67,12 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     """Every service a worker needs, each built from its group of the settings."""
     # Imported here, in the worker: the gunicorn master imports this package to check
     # the configuration and must not load ImageMagick (or anything else) before forking.
-    from .services.cache import LookupCache, RenderCache, open_store
+    from .services.cache import (LookupCache, RenderCache, SourceCache, open_source_store,
+                                 open_store)
     from .services.imaging.engine import ImagingEngine
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
+    from .services.slots import RenderSlots
     from .services.takedown import open_takedown_list
     from .services.upstream import DoppelClient
 
@@ -78,22 +80,37 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     # The engine's own watermark (for jobs naming no tenant): `default`'s, else the first's.
     first = settings.tenants.get(None) or next(iter(settings.tenants.by_name.values()))
     engine = ImagingEngine.from_settings(first.watermark, settings.imaging)
-    cache = settings.cache
+    cache, workers = settings.cache, settings.workers
     default_dir = default_cache_dir(str(instance_path))
     store, shared = open_store(cache, default_dir)
-    takedowns = open_takedown_list(cache, cache.dir or default_dir, store, shared)
-    client = DoppelClient.from_settings(settings.upstream, shared=shared)
+    source_store = open_source_store(cache, default_dir, shared)
+    takedowns = open_takedown_list(cache, cache.dir or default_dir, store, shared,
+                                   sources=source_store)
+    client = DoppelClient.from_settings(settings.upstream, pool_size=workers.threads,
+                                        shared=shared)
     upstream = settings.upstream
+    # Waiters on a concurrent fetch allow for its deadline plus one last socket read.
+    fetch_wait = upstream.read_timeout + upstream.image_timeout
     return Services(
         settings=settings,
         brands=brands,
         signer=Signer(settings.signing_keys),
-        lookup=ProductLookup(client, LookupCache(store, ttl=cache.lookup_ttl), takedowns),
+        lookup=ProductLookup(client, LookupCache(
+            store, ttl=cache.lookup_ttl,
+            wait_timeout=upstream.read_timeout + upstream.lookup_timeout), takedowns),
         renderer=ImageRenderer(
-            client, RenderCache(store, wait_timeout=cache.render_wait_timeout), engine,
+            # Waiting for another's render covers its fetch too: the fetch's deadline, then
+            # RENDER_WAIT_TIMEOUT for a render slot and the render.
+            client, RenderCache(store, wait_timeout=fetch_wait + cache.render_wait_timeout),
+            engine,
             source=SourcePolicy(upstream.source_width, upstream.source_format,
                                 upstream.source_quality),
-            watermark_fingerprint=brands[first.name].fingerprint, takedowns=takedowns),
+            watermark_fingerprint=brands[first.name].fingerprint, takedowns=takedowns,
+            sources=SourceCache(source_store, ttl=cache.source_ttl,
+                                max_bytes=cache.source_max_bytes, wait_timeout=fetch_wait),
+            slots=RenderSlots(slots=workers.render_slots, queue=workers.render_queue,
+                              slot_timeout=cache.render_wait_timeout,
+                              render_timeout=settings.limits.worker_timeout)),
         client=client,
         store=store,
         takedowns=takedowns,

@@ -223,3 +223,61 @@ def test_render_markdown_writes_every_section_and_the_failures():
         in text
     assert "**Not measured: RuntimeError: boom**" in text
     assert "n4EYdIoE:777:jpeg" in text
+
+
+def _slow_rows():
+    rows = []
+    for delay, c, rps in ((0.0, 4, 40.0), (0.0, 16, 48.0), (0.8, 16, 16.0), (0.8, 64, 42.0),
+                          (0.2, 16, 30.0)):
+        rows.append({"delay_s": delay, "c": c, "rps": rps, "p50_ms": 900.0, "p99_ms": 1500.0,
+                     "in_flight_max": c, "errors": 0, "overloaded": 0, "requests": 64,
+                     "ok": 64, "peak_rss": {11: 200 * report.MB, 12: 210 * report.MB}})
+    return rows
+
+
+def test_ideal_is_the_cpu_bound_rate_or_clients_over_latency_whichever_is_less():
+    from bench.slow_upstream import add_ideal
+
+    rows = _slow_rows()
+    add_ideal(rows, cores=2)
+    cells = {(r["delay_s"], r["c"]): r for r in rows}
+    # CPU-bound: 48/s, one miss's CPU time 2/48 s.
+    assert cells[0.8, 16]["ideal_rps"] == pytest.approx(16 / (0.8 + 2 / 48))
+    assert cells[0.8, 64]["ideal_rps"] == pytest.approx(48.0)
+    assert cells[0.8, 64]["ratio"] == pytest.approx(42 / 48)
+    assert cells[0.0, 4]["ratio"] is None
+
+
+def test_worker_model_targets_and_page_views():
+    from bench.slow_upstream import add_ideal
+
+    results = _results()
+    results["slow_upstream"] = _slow_rows()
+    add_ideal(results["slow_upstream"], cores=2)
+    results["overload"] = {"c": 64, "ok": 40, "overloaded": 88, "errors": 0,
+                           "refused_p99_ms": 30.0, "p50_ms": 900.0, "delay_s": 0.8,
+                           "workers": 2, "queue": 8}
+    results["nginx"] = [{**results["hits"][0], "what": "cache hit via nginx", "c": 16,
+                         "rps": 4000.0}]
+    verdicts = {name: ok for name, _, _, ok in report.targets(results)}
+    assert verdicts["misses, upstream 0.8 s, c=16: ratio to ideal"] is True
+    assert verdicts["misses, upstream 0.8 s, c=64 / instant-upstream rate"] is True
+    assert verdicts["peak RSS per worker after 64 concurrent misses"] is True
+    assert verdicts["queue below the load: 503 overloaded p99, rest 200"] is True
+    # 4 images a page, 90% hits at 4000/s, 10% misses at 42/s.
+    assert report.page_views(results, 0.9) == pytest.approx(
+        1 / (4 * (0.9 / 4000 + 0.1 / 42)))
+    assert "## 11. Misses with a slow upstream" in report.render_markdown(results, "x.png")
+
+
+def test_the_chart_is_drawn_from_a_run(tmp_path):
+    from bench.slow_upstream import add_ideal
+
+    results = _results()
+    results["slow_upstream"] = _slow_rows()
+    add_ideal(results["slow_upstream"], cores=2)
+    results["nginx"] = [{**results["hits"][0], "what": "cache hit via nginx", "c": 16}]
+    chart = tmp_path / "chart.png"
+    report.draw_chart(results, chart)
+    with Image.open(chart) as image:
+        assert image.size[0] > 1000

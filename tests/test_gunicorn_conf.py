@@ -30,8 +30,10 @@ def load_conf(monkeypatch, request):
     """Execute gunicorn.conf.py under a given environment and return it as a module."""
     # The file exports PROMETHEUS_MULTIPROC_DIR for its workers; keep it out of this
     # process. setenv first so monkeypatch records the prior state and restores it.
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    # The same for QCIMAGE_THREADS, exported for the app.
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "QCIMAGE_THREADS"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     # The file patches gunicorn's globals; restore them after each test.
     for module in (gunicorn, gunicorn.http.wsgi):
         monkeypatch.setattr(module, "SERVER", module.SERVER)
@@ -62,19 +64,41 @@ def test_defaults_suit_a_box_behind_nginx(load_conf, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     conf = load_conf()
     assert conf.bind == ["127.0.0.1:8000"]
-    assert conf.workers == 5
-    assert conf.threads == 1
+    # One gthread worker per core, its threads overlapping upstream waits.
+    assert conf.workers == 2
+    assert conf.threads == 64
+    assert os.environ["QCIMAGE_THREADS"] == "64"
     assert conf.timeout == 30
     assert conf.graceful_timeout == 30
     assert conf.keepalive == 5
-    assert conf.max_requests == 1000
-    assert conf.max_requests_jitter == 500
+    # Recycled by memory, not by request count.
+    assert conf.max_requests == 0
+    assert conf.WORKER_MAX_RSS == 1024 * 1024 * 1024
     assert conf.accesslog == "-"
     assert conf.loglevel == "info"
     assert conf.forwarded_allow_ips == "127.0.0.1,::1"
     assert conf.wsgi_app == "wsgi:app"
     assert conf.control_socket_disable is True
     assert "control_socket" not in settings(conf)
+
+
+def test_one_core_still_gets_two_workers(load_conf, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert load_conf().workers == 2
+
+
+def test_workers_recycle_by_memory_one_at_a_time(load_conf, monkeypatch):
+    conf = load_conf(QCIMAGE_WORKER_MAX_RSS_MB="1")  # every Python process is bigger
+    workers = [types.SimpleNamespace(pid=pid, alive=True, log=types.SimpleNamespace(
+        warning=lambda *args: None)) for pid in (101, 102)]
+    for worker in workers:
+        conf.post_request(worker, None, {}, None)
+    # The second one waits its turn, RECYCLE_GAP_SECONDS after the first.
+    assert [worker.alive for worker in workers] == [False, True]
+    monkeypatch.setattr(conf.time, "time", lambda: os.stat(
+        os.path.join(conf._metrics_dir, "last-recycle")).st_mtime + conf.RECYCLE_GAP_SECONDS)
+    conf.post_request(workers[1], None, {}, None)
+    assert workers[1].alive is False
 
 
 def test_default_workers_are_capped_on_big_machines(load_conf, monkeypatch):
@@ -164,11 +188,11 @@ def test_gunicorn_accepts_every_value_and_knows_every_name(load_conf):
     config = Config()
     hooks = {name for name, value in settings(conf).items()
              if callable(value) and not isinstance(value, type)}
-    assert hooks == {"child_exit", "on_exit", "on_reload", "on_starting"}
+    assert hooks == {"child_exit", "on_exit", "on_reload", "on_starting", "post_request"}
     assert ours == set(settings(conf)) - hooks
     for name, value in settings(conf).items():
         config.set(name, value)
-    assert config.worker_class_str == "sync"
+    assert config.worker_class_str == "gthread"
     assert config.address == [("127.0.0.1", 8000)]
 
 

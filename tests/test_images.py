@@ -234,6 +234,25 @@ def test_an_image_id_with_a_space_says_what_an_id_may_contain(client):
         "url is an image id: it may only contain letters, digits, '_' and '-' (1-64 characters)")
 
 
+def test_misses_over_the_render_queue_get_503_overloaded_while_hits_answer(
+        env, upstream, jpeg_source):
+    app = create_app({**env, "QCIMAGE_RENDER_QUEUE": "1"})
+    client = app.test_client()
+    add_image(upstream, jpeg_source)
+    cached = signed(base())
+    assert client.get(cached).headers["X-Cache"] == "MISS"
+    with app.extensions["qcimage"].renderer.slots.admit():  # the one place is taken
+        refused = client.get(signed(base(width="960")))
+        assert refused.status_code == 503
+        assert refused.get_json()["error"] == "overloaded"
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.headers["Cache-Control"] == "no-store"
+        hit = client.get(cached)
+        assert hit.status_code == 200 and hit.headers["X-Cache"] == "HIT"
+    assert len(upstream.calls) == 1  # the refused miss asked upstream nothing
+    assert client.get(signed(base(width="960"))).status_code == 200
+
+
 def test_a_logo_watermark_set_in_the_environment_is_drawn(env, tmp_path, upstream, jpeg_source):
     logo = tmp_path / "logo.png"
     Image.new("RGBA", (200, 80), (255, 0, 0, 255)).save(logo)

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from qcimage import create_app
 from qcimage.cli import takedown_cli
-from qcimage.config import hash_api_key
+from qcimage.keys import hash_api_key
 from qcimage.services.takedown import DiskTakedowns
 from tests.conftest import add_image, add_product, query
 from tests.test_images import base, signed
@@ -110,8 +110,8 @@ def test_take_down_purges_cached_renders_and_remove_serves_afresh(app, client, u
     assert [client.get(url).headers["X-Cache"] for url in urls] == ["MISS", "MISS"]
     assert [client.get(url).headers["X-Cache"] for url in urls] == ["HIT", "HIT"]
     result = takedown("add", IMAGE)
-    # Two renders, their two sizes and nothing else of this image.
-    assert "4 cached entries purged" in result.stderr
+    # Two renders, their two sizes, the two sources fetched for them, nothing else.
+    assert "6 cached entries purged" in result.stderr
     fetched = len(upstream.calls)
     takedown("remove", IMAGE)
     assert [client.get(url).headers["X-Cache"] for url in urls] == ["MISS", "MISS"]

@@ -193,6 +193,13 @@ class Upstream(ManagedProcess):
     def clear_faults(self):
         requests.delete(f"{self.url}/_faults", timeout=5).raise_for_status()
 
+    def set_conditions(self, **conditions):
+        """Latency per endpoint, bandwidth, max in flight (tools/upstream/conditions.py)."""
+        requests.post(f"{self.url}/_conditions", json=conditions, timeout=5).raise_for_status()
+
+    def clear_conditions(self):
+        requests.delete(f"{self.url}/_conditions", timeout=5).raise_for_status()
+
 
 def start_upstream(tmp, samples_dir=SAMPLES_DIR, timeout=120.0, *, host=None):
     """Run the stand-in upstream on a free port; return it once it printed READY.

@@ -161,6 +161,14 @@ class Farm:
             "QCIMAGE_LOOKUP_RATE_LIMIT": f"{LOOKUP_LIMIT} per {LOOKUP_WINDOW}",
             "QCIMAGE_IMAGE_RATE_LIMIT": "100000 per minute",
             "QCIMAGE_ACCESS_LOG": "off",
+            # The stand-in encodes every miss on the cores the three boxes, Redis and the
+            # load share. gthread boxes ask it for all their misses at once (sync workers
+            # asked one at a time), and under that load an encode can outlast the default
+            # 5 s read timeout: a slow stand-in, not a fault under test, would trip the
+            # breaker. A real upstream's resizer is not on the box's cores.
+            "QCIMAGE_UPSTREAM_READ_TIMEOUT": "15",
+            "QCIMAGE_IMAGE_FETCH_TIMEOUT": "20",
+            "QCIMAGE_WORKER_TIMEOUT": "45",
         }
         if self.redis_url:
             env["QCIMAGE_REDIS_URL"] = env["QCIMAGE_RATELIMIT_STORAGE_URI"] = self.redis_url

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import diskcache
 
+from .flight import Flight
+
 if TYPE_CHECKING:
     from ..groups import CacheSettings
 
@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 # Every key prefix in the store, here and nowhere else, so no two uses can collide.
 _RENDER = "r:"  # a rendered image (Entry.pack)
-_RENDER_LOCK = "l:"  # the worker rendering that key, while it does
+_LOCK = "l:"  # the worker computing a key (render, source fetch, look-up), while it does
+_FAILURE = "f:"  # how a lock holder's attempt failed, by its lock's token, for its waiters
+_SOURCE = "s:"  # a fetched upstream source, for a short while (SourceCache)
 _LOOKUP = "p:"  # a product's image ids and when they were fetched
 _SIZE = "d:"  # the width x height an image renders at, for look-ups
 _WIDTH_RATIO = "o:"  # an image's stored/shown width ratio (EXIF-rotated sources)
@@ -229,37 +231,11 @@ class Entry:
         return cls(data=data, mime=str(meta.get("mime", "")))
 
 
-class RenderTimeout(Exception):
-    """Waited for another worker's render longer than allowed."""
-
-
-class _HeldLock:
-    """A lock kept alive while its holder works: renewed every third of its lifetime.
-
-    The lifetime is short, so the lock of a holder that died (a box killed mid-render)
-    frees within seconds and a waiter renders instead of timing out. Renewal also puts
-    the lock back when a Redis fail-over lost it.
-    """
-
-    def __init__(self, store: Store, key: str, token: bytes, ttl: float):
-        self.store, self.key, self.token, self.ttl = store, key, token, ttl
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._renew, name="render-lock", daemon=True)
-
-    def _renew(self) -> None:
-        while not self.done.wait(self.ttl / 3):
-            self.store.renew(self.key, self.token, self.ttl)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.done.set()
-        self.thread.join()
-        # Only our own lock: one that outlived its ttl may be another's now.
-        if self.store.get(self.key) == self.token:
-            self.store.delete(self.key)
+def _flight(store: Store, wait_timeout: float, lock_ttl: float = 5.0) -> Flight:
+    """Coordination through the shared part of a tiered store, never its local disk
+    layer (which would copy a lock's value on read and keep it after the lock is gone)."""
+    return Flight(getattr(store, "shared", store), wait_timeout=wait_timeout,
+                  lock_ttl=lock_ttl, lock_prefix=_LOCK, failure_prefix=_FAILURE)
 
 
 class RenderCache:
@@ -267,8 +243,7 @@ class RenderCache:
 
     def __init__(self, store: Store, *, wait_timeout: float = 20.0, lock_ttl: float = 5.0):
         self.store = store
-        self.wait_timeout = wait_timeout
-        self.lock_ttl = lock_ttl
+        self.flight: Flight[Entry] = _flight(store, wait_timeout, lock_ttl)
 
     def get(self, key: str, *, tag: str | None = None) -> Entry | None:
         raw = self.store.get(_RENDER + key, tag=tag)
@@ -279,31 +254,16 @@ class RenderCache:
         """Return (entry, was_cached). Concurrent misses wait for the one that renders.
 
         ``tag`` (the image id) lets the store purge the render with the image's other entries.
+        Raises FlightTimeout when another's render takes longer than ``wait_timeout``.
         """
-        entry = self.get(key, tag=tag)
-        if entry is not None:
-            return entry, True
-        lock = _RENDER_LOCK + key
-        deadline = time.monotonic() + self.wait_timeout
-        pause = 0.005
-        while True:
-            token = secrets.token_bytes(8)
-            if self.store.add(lock, token, expire=self.lock_ttl):
-                with _HeldLock(self.store, lock, token, self.lock_ttl):
-                    # Someone may have finished between our miss and taking the lock.
-                    entry = self.get(key, tag=tag)
-                    if entry is not None:
-                        return entry, True
-                    entry = render()
-                    self.store.set(_RENDER + key, entry.pack(), tag=tag)
-                    return entry, False
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.05)
-            entry = self.get(key, tag=tag)
-            if entry is not None:
-                return entry, True
-            if time.monotonic() > deadline:
-                raise RenderTimeout(key)
+        def render_and_store() -> Entry:
+            entry = render()
+            self.store.set(_RENDER + key, entry.pack(), tag=tag)
+            return entry
+
+        entry, rendered = self.flight.run(key, lambda: self.get(key, tag=tag),
+                                          render_and_store)
+        return entry, not rendered
 
     def rendered_size(self, key: str) -> tuple[int, int] | None:
         """(width, height) kept under key by remember_size, or None."""
@@ -326,14 +286,57 @@ class RenderCache:
         self.store.set(_WIDTH_RATIO + image_id, repr(ratio).encode(), tag=image_id)
 
 
+class SourceCache:
+    """Fetched upstream sources, kept ``ttl`` seconds so other renders of them skip upstream.
+
+    Other widths' formats, another tenant's watermark and the EXIF re-fetch all ask
+    upstream for the same bytes within moments of each other. The store given here is
+    bounded in bytes (its own diskcache folder; Redis by its maxmemory); a source
+    larger than ``max_bytes`` is never kept.
+    """
+
+    def __init__(self, store: Store, *, ttl: float, max_bytes: int, wait_timeout: float):
+        self.store = store
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self.flight: Flight[bytes] = _flight(store, wait_timeout)
+
+    def get(self, key: str, *, tag: str | None = None) -> bytes | None:
+        return self.store.get(_SOURCE + key, tag=tag) if self.ttl > 0 else None
+
+    def put(self, key: str, data: bytes, *, tag: str | None = None) -> None:
+        if self.ttl > 0 and len(data) <= self.max_bytes:
+            self.store.set(_SOURCE + key, bytes(data), expire=self.ttl, tag=tag)
+
+    def forget(self, key: str) -> None:
+        """Drop a source that turned out unusable (truncated, not an image)."""
+        self.store.delete(_SOURCE + key)
+
+    def get_or_fetch(self, key: str, fetch: Callable[[], bytes], *,
+                     tag: str | None = None) -> bytes:
+        """The source for ``key``: kept, being fetched by someone else, or fetched now.
+
+        ``tag`` (the image id) lets a takedown purge the source with the image's renders.
+        """
+        def fetch_and_keep() -> bytes:
+            data = fetch()
+            self.put(key, data, tag=tag)
+            return data
+
+        return self.flight.run(_SOURCE + key, lambda: self.get(key, tag=tag),
+                               fetch_and_keep)[0]
+
+
 class LookupCache:
     """Product look-ups: fresh for ``ttl`` seconds, kept ``stale_ttl`` more for outages."""
 
-    def __init__(self, store: Store, *, ttl: int, stale_ttl: int = 86400, clock=time.time):
+    def __init__(self, store: Store, *, ttl: int, stale_ttl: int = 86400, clock=time.time,
+                 wait_timeout: float = 20.0):
         self.store = store
         self.ttl = ttl
         self.stale_ttl = stale_ttl
         self.clock = clock
+        self.flight: Flight[list[str]] = _flight(store, wait_timeout)
 
     def get(self, key: str) -> tuple[list[str], bool] | None:
         """(image ids, fresh) or None."""
@@ -355,6 +358,19 @@ class LookupCache:
         raw = json.dumps({"ids": ids, "at": self.clock()}).encode()
         self.store.set(_LOOKUP + key, raw, expire=self.ttl + self.stale_ttl)
 
+    def get_or_fetch(self, key: str, fetch: Callable[[], list[str]]) -> tuple[list[str], bool]:
+        """(image ids, fetched by this call); concurrent misses ask upstream once."""
+        def fresh() -> list[str] | None:
+            cached = self.get(key)
+            return cached[0] if cached is not None and cached[1] else None
+
+        def fetch_and_keep() -> list[str]:
+            ids = fetch()
+            self.set(key, ids)
+            return ids
+
+        return self.flight.run(_LOOKUP + key, fresh, fetch_and_keep)
+
 
 def open_store(cache: CacheSettings, default_dir: Path) -> tuple[Store, RedisStore | None]:
     """The store the settings describe, and the shared Redis store in it if there is one.
@@ -366,3 +382,11 @@ def open_store(cache: CacheSettings, default_dir: Path) -> tuple[Store, RedisSto
         return store, None
     shared = RedisStore(cache.redis_url)
     return TieredStore(store, shared), shared
+
+
+def open_source_store(cache: CacheSettings, default_dir: Path,
+                      shared: RedisStore | None) -> Store:
+    """Fetched sources in a folder of their own, so their byte bound is theirs alone;
+    in front of the same Redis as the rest when there is one."""
+    store: Store = DiskStore((cache.dir or default_dir) / "sources", cache.source_max_bytes)
+    return TieredStore(store, shared) if shared is not None else store

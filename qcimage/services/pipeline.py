@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 
 from .. import metrics
 from . import ServiceError
-from .cache import Entry, LookupCache, RenderCache, RenderTimeout
+from .cache import Entry, LookupCache, RenderCache, SourceCache
 from .imaging import RenderSpec, UnsupportedImage
 from .imaging.probe import Probe, probe
+from .slots import RenderSlots
 from .takedown import TakedownList
-from .upstream import DoppelClient, Source, UpstreamTimeout
+from .upstream import DoppelClient, Source
 
 if TYPE_CHECKING:  # the engine loads ImageMagick; the pipeline only holds one
     from .imaging.engine import ImagingEngine
@@ -58,15 +59,16 @@ class ProductLookup:
             return cached[0], "hit"
         metrics.CACHE_REQUESTS.labels("lookup", "miss", tenant).inc()
         try:
-            ids = self.client.product_images(product_id, platform)
+            ids, fetched = self.cache.get_or_fetch(
+                key, lambda: self.client.product_images(product_id, platform))
         except ServiceError as error:  # a bug of ours is never covered by a stale copy
             if cached is not None and error.status >= 500:
                 log.warning("serving stale look-up for %s: upstream failed", key)
                 metrics.CACHE_REQUESTS.labels("lookup", "stale", tenant).inc()
                 return cached[0], "stale"
             raise
-        self.cache.set(key, ids)
-        return ids, "miss"
+        # Not fetched here: a concurrent request fetched it a moment ago.
+        return ids, "miss" if fetched else "hit"
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,15 +121,23 @@ class RenderResult:
 class ImageRenderer:
     """Cache → (one worker) fetch source → render with watermark → cache.
 
-    Every entry is stored tagged with its image id, so a takedown purges them all.
+    A miss holds a place in the worker's bounded queue (``slots``) from start to end and
+    one of its render slots only while ImageMagick works; sources come through a
+    short-lived shared cache that also makes concurrent fetches of one source one. Every
+    entry is stored tagged with its image id, so a takedown purges them all.
     """
 
     def __init__(self, client: DoppelClient, cache: RenderCache, engine: ImagingEngine, *,
-                 source: SourcePolicy, watermark_fingerprint: str, takedowns: TakedownList):
+                 source: SourcePolicy, watermark_fingerprint: str, takedowns: TakedownList,
+                 sources: SourceCache | None = None, slots: RenderSlots | None = None):
         self.client = client
         self.cache = cache
         self.engine = engine
         self.source = source
+        self.sources = sources or SourceCache(cache.store, ttl=0, max_bytes=0,
+                                              wait_timeout=cache.flight.wait_timeout)
+        self.slots = slots or RenderSlots(slots=1, queue=1024,
+                                          slot_timeout=cache.flight.wait_timeout)
         self.takedowns = takedowns
         # Everything outside the request that changes the bytes: a new watermark, a new
         # ImageMagick or a new pipeline never serves an old render. Each tenant's renders
@@ -162,41 +172,61 @@ class ImageRenderer:
         """Strong ETag known before rendering: same inputs, same bytes."""
         return '"' + self.cache_key(job)[:40] + '"'
 
-    def _fetch_source(self, job: RenderJob) -> tuple[Source, Probe]:
-        """The source to render from, and its probe: each fetched source is read once."""
+    def _fetch(self, image_id: str, *, width: int, fmt: str,
+               quality: int) -> tuple[Source, Probe, str]:
+        """(source, its probe, its key) through the shared source cache.
+
+        Each caller gets its own copy, as the engine empties what it is given; a source
+        that does not even probe is dropped from the cache at once.
+        """
+        key = f"{image_id}|{width}|{fmt}|{quality}"
+        data = self.sources.get_or_fetch(
+            key, lambda: self.client.fetch_image(image_id, width=width, fmt=fmt,
+                                                 quality=quality).data, tag=image_id)
+        source = Source(bytearray(data))
+        try:
+            return source, probe(source.data), key
+        except ServiceError:
+            self.sources.forget(key)
+            raise
+
+    def _fetch_source(self, job: RenderJob) -> tuple[Source, Probe, str]:
+        """The source to render from, its probe and its source-cache key."""
         width, fmt, quality = self.source.params(job)
         if self.source.width:
-            source = self.client.fetch_image(job.image_id, width=width, fmt=fmt,
-                                             quality=quality)
-            return source, probe(source.data)
+            return self._fetch(job.image_id, width=width, fmt=fmt, quality=quality)
         # Upstream sizes the *stored* pixels: an EXIF-rotated portrait asked for at 960
         # comes back 960 tall and only 720 wide once upright. Ask once more, wide enough,
         # and remember the image's stored/shown ratio so other widths ask right at once.
         ratio = self.cache.width_ratio(job.image_id)
         asked = min(MAX_SOURCE_WIDTH, math.ceil(width * ratio))
-        source = self.client.fetch_image(job.image_id, width=asked, fmt=fmt, quality=quality)
-        probed = probe(source.data)
+        source, probed, key = self._fetch(job.image_id, width=asked, fmt=fmt,
+                                          quality=quality)
         shown_width, _ = probed.shown_size
         if shown_width < job.spec.width and probed.width >= asked:
             ratio = probed.width / shown_width
             self.cache.remember_width_ratio(job.image_id, ratio)
             wider = min(MAX_SOURCE_WIDTH, math.ceil(job.spec.width * ratio))
-            source = self.client.fetch_image(job.image_id, width=wider, fmt=fmt,
-                                             quality=quality)
-            probed = probe(source.data)
-        return source, probed
+            return self._fetch(job.image_id, width=wider, fmt=fmt, quality=quality)
+        return source, probed, key
 
     def render(self, job: RenderJob) -> RenderResult:
         timings: dict[str, float] = {}
 
         def produce() -> Entry:
             started = time.perf_counter()
-            source, probed = self._fetch_source(job)
+            source, probed, source_key = self._fetch_source(job)
             timings["upstream_ms"] = (time.perf_counter() - started) * 1000
-            started = time.perf_counter()
-            rendered = self.engine.render(source.data, job.spec, probed,
-                                          job.brand.painter if job.brand else None)
-            timings["render_ms"] = (time.perf_counter() - started) * 1000
+            with self.slots.render_slot():
+                started = time.perf_counter()
+                try:
+                    rendered = self.engine.render(source.data, job.spec, probed,
+                                                  job.brand.painter if job.brand else None)
+                except ServiceError:
+                    # Not an image, truncated, too many pixels: nobody may render it again.
+                    self.sources.forget(source_key)
+                    raise
+                timings["render_ms"] = (time.perf_counter() - started) * 1000
             metrics.RENDER_SECONDS.labels(job.spec.format, job.tenant).observe(
                 timings["render_ms"] / 1000)
             # Taken down while this render ran: neither stored nor served.
@@ -204,11 +234,11 @@ class ImageRenderer:
             self._remember_size(job, rendered.width, rendered.height)
             return Entry(data=rendered.data, mime=rendered.mime)
 
-        try:
-            entry, cached = self.cache.get_or_render(self.cache_key(job), produce,
-                                                     tag=job.image_id)
-        except RenderTimeout:
-            raise UpstreamTimeout("timed out waiting for the image to be rendered") from None
+        key = self.cache_key(job)
+        entry, cached = self.cache.get(key, tag=job.image_id), True
+        if entry is None:
+            with self.slots.admit():
+                entry, cached = self.cache.get_or_render(key, produce, tag=job.image_id)
         metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss", job.tenant).inc()
         if cached:
             metrics.CACHE_BYTES.labels(job.tenant).inc(len(entry.data))

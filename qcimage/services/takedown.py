@@ -309,14 +309,18 @@ class TakedownList:
 
 
 def open_takedown_list(cache: CacheSettings, directory: Path, store: Store,
-                       shared: RedisStore | None) -> TakedownList:
-    """A worker's copy of the list, purging from ``store``; ``directory``: the cache folder.
+                       shared: RedisStore | None, *,
+                       sources: Store | None = None) -> TakedownList:
+    """A worker's copy of the list, purging from ``store`` (and the fetched ``sources``);
+    ``directory``: the cache folder.
 
     The box's snapshot lets a worker start without purging what the box already purged,
     and, with Redis, refuse what was taken down even while Redis is down or has lost it.
     """
+    stores = (store,) if sources is None else (store, sources)
     return TakedownList(open_takedowns(directory, shared, cache.redis_url),
-                        refresh=cache.takedown_refresh, purge=store.purge,
+                        refresh=cache.takedown_refresh,
+                        purge=lambda image_id: sum(each.purge(image_id) for each in stores),
                         snapshot=directory / SNAPSHOT_FILE)
 
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import pybreaker
 import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
@@ -20,6 +18,7 @@ from urllib3.util.retry import Retry
 from .. import metrics
 from ..vocabulary import IMAGE_ID
 from . import ServiceError
+from .breaker import CircuitBreaker, CircuitOpen, MemoryState, RedisState
 
 if TYPE_CHECKING:
     from ..groups import UpstreamSettings
@@ -101,41 +100,10 @@ def _is_healthy_answer(error: BaseException) -> bool:
 
 
 def make_breaker(*, fail_max: int = 5, reset_timeout: float = 30.0,
-                 redis_client=None, redis_cluster: bool = False) -> pybreaker.CircuitBreaker:
+                 redis_client=None) -> CircuitBreaker:
     """A breaker per process, or shared by every worker and box through Redis."""
-    storage = None
-    if redis_client is not None:
-        storage = _SharedBreakerStorage(redis_client, cluster_mode=redis_cluster)
-    return pybreaker.CircuitBreaker(
-        fail_max=fail_max, reset_timeout=reset_timeout, exclude=[_is_healthy_answer],
-        state_storage=storage, name="upstream", throw_new_error_on_trip=False,
-        listeners=[_CircuitWatcher()])
-
-
-class _CircuitWatcher(pybreaker.CircuitBreakerListener):
-    """Log and export every change of the circuit's state."""
-
-    def state_change(self, cb, old_state, new_state) -> None:
-        name = getattr(new_state, "name", str(new_state))
-        metrics.CIRCUIT_OPEN.set(1 if name == pybreaker.STATE_OPEN else 0)
-        log.warning("upstream circuit %s -> %s", getattr(old_state, "name", old_state), name)
-
-
-class _SharedBreakerStorage(pybreaker.CircuitRedisStorage):
-    """pybreaker's Redis storage that also starts while Redis is down (then: closed)."""
-
-    def __init__(self, redis_client, cluster_mode: bool = False):
-        # pybreaker logs a full traceback on every Redis error; our cache logs outages once.
-        logging.getLogger(pybreaker.__name__).setLevel(logging.CRITICAL)
-        # Cluster: no multi-key transactions (the keys may live on different nodes).
-        super().__init__(pybreaker.STATE_CLOSED, redis_client, namespace="qcimage",
-                         cluster_mode=cluster_mode)
-
-    def _initialize_redis_state(self, state: str) -> None:
-        try:
-            super()._initialize_redis_state(state)
-        except Exception:  # redis.RedisError or OSError: initialised on first success
-            pass
+    state = RedisState(redis_client) if redis_client is not None else MemoryState()
+    return CircuitBreaker(fail_max=fail_max, reset_timeout=reset_timeout, state=state)
 
 
 @dataclass(frozen=True)
@@ -156,7 +124,7 @@ class DoppelClient:
                  read_timeout: float = 10.0, lookup_deadline: float = 10.0,
                  image_deadline: float = 20.0, max_image_bytes: int = 60 * 1024 * 1024,
                  retries: int = 2, pool_size: int = 8,
-                 breaker: pybreaker.CircuitBreaker | None = None):
+                 breaker: CircuitBreaker | None = None):
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
         self.lookup_deadline = lookup_deadline
@@ -173,59 +141,48 @@ class DoppelClient:
             backoff_factor=0.2, backoff_max=2.0, backoff_jitter=0.1,
             respect_retry_after_header=True, raise_on_status=False, raise_on_redirect=False,
         )
+        # One connection per thread that may ask upstream at once: a smaller pool would
+        # open and drop a connection per request beyond it (pool_block=False).
         adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
     @classmethod
-    def from_settings(cls, upstream: UpstreamSettings, *,
+    def from_settings(cls, upstream: UpstreamSettings, *, pool_size: int,
                       shared: RedisStore | None = None) -> DoppelClient:
-        """The client the settings describe; a shared store shares the circuit's state."""
+        """The client the settings describe; a shared store shares the circuit's state.
+
+        ``pool_size``: the threads that may ask upstream at once (one connection each).
+        """
         return cls(upstream.url, connect_timeout=upstream.connect_timeout,
                    read_timeout=upstream.read_timeout, lookup_deadline=upstream.lookup_timeout,
                    image_deadline=upstream.image_timeout,
                    max_image_bytes=upstream.max_source_bytes, retries=upstream.retries,
+                   pool_size=pool_size,
                    breaker=make_breaker(fail_max=upstream.breaker_fail_max,
                                         reset_timeout=upstream.breaker_reset_timeout,
-                                        redis_client=shared and shared.client,
-                                        redis_cluster=bool(shared and shared.is_cluster)))
+                                        redis_client=shared and shared.client))
 
     def circuit_state(self) -> str:
-        """``closed``, ``open`` or ``half-open``.
-
-        pybreaker leaves an open circuit "open" until the next call, even after its
-        reset timeout; readiness must not keep a box out of rotation for that, or no
-        call would ever come to close it. So past the timeout it reads "half-open".
-        """
-        state = self.breaker.current_state
-        if state == pybreaker.STATE_OPEN and self._open_for() >= self.breaker.reset_timeout:
-            return pybreaker.STATE_HALF_OPEN
-        return state
-
-    def _open_for(self) -> float:
-        opened = self.breaker._state_storage.opened_at
-        return float("inf") if opened is None else time.time() - opened.timestamp()
+        """``closed``, ``open`` or ``half-open`` (past the reset timeout: a probe may go)."""
+        return self.breaker.current_state()
 
     def retry_after(self) -> int:
         """Seconds until an open circuit lets a probe request through."""
-        remaining = self.breaker.reset_timeout - self._open_for()
-        return max(1, math.ceil(min(remaining, self.breaker.reset_timeout)))
+        return self.breaker.retry_after()
 
     def _get(self, path: str, params: dict[str, str], *, limit: int, deadline: float,
              what: str, parse=None):
         """Fetch through the breaker; ``parse`` runs inside it, so garbage counts as failure."""
         started = time.monotonic()
-
-        def call():
-            result = self._fetch(path, params, limit=limit, deadline=deadline, what=what)
-            return parse(result[1]) if parse else result
-
         try:
-            return self.breaker.call(call)
-        except pybreaker.CircuitBreakerError:
+            with self.breaker.guard(healthy=_is_healthy_answer):
+                result = self._fetch(path, params, limit=limit, deadline=deadline, what=what)
+                return parse(result[1]) if parse else result
+        except CircuitOpen as open_circuit:
             metrics.UPSTREAM_ERRORS.labels(what, "circuit_open").inc()
             error = UpstreamUnavailable("upstream is failing; not asking it again for a moment")
-            error.retry_after = self.retry_after()
+            error.retry_after = open_circuit.retry_after
             raise error from None
         except ServiceError as error:
             metrics.UPSTREAM_ERRORS.labels(what, error.code).inc()

@@ -38,11 +38,13 @@ def upstream(tmp_path_factory):
 
 @pytest.fixture
 def clean_upstream(upstream):
-    """No faults and fresh request counts before the test; no faults left after it."""
+    """No faults or slow network, fresh request counts before the test; none left after it."""
     upstream.clear_faults()
+    upstream.clear_conditions()
     upstream.reset_stats()
     yield
     upstream.clear_faults()
+    upstream.clear_conditions()
 
 
 @pytest.fixture

@@ -25,6 +25,10 @@ FAST_ENV = {
     # Tests that do not study the breaker must not trip it with their own failures.
     "QCIMAGE_BREAKER_FAIL_MAX": "1000",
 }
+# Pin holds a whole sync worker; a gthread worker (the default) answers other connections
+# on its other threads. Tests that visit each worker in turn (per-worker state: breaker,
+# Redis fallback) therefore run sync workers; the gthread model has test_worker_model.py.
+SYNC_ENV = {"QCIMAGE_THREADS": "1"}
 # Machines are noisy: added to every "within N seconds" bound.
 MARGIN = 2.5
 # What must never reach a client: upstream's bodies and our internals.

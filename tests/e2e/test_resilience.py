@@ -1,4 +1,4 @@
-"""Upstream and Redis failures under real gunicorn (two sync workers) and the stand-in upstream.
+"""Upstream and Redis failures under real gunicorn (two workers) and the stand-in upstream.
 
 Every test starts its own server with short deadlines (``faults.FAST_ENV``) and shares the
 session's stand-in, whose faults are cleared around each test. Time bounds carry a generous
@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests.e2e.faults import (
-    FAST_ENV, MARGIN, OTHER_PRODUCT, DripServer, Listener, assert_error, image_urls,
+    FAST_ENV, MARGIN, OTHER_PRODUCT, SYNC_ENV, DripServer, Listener, assert_error, image_urls,
     log_records, look_up, on_each_worker, served_by, srcset_url, timed, wait_until)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("clean_upstream")]
@@ -240,7 +240,7 @@ def test_retry_after_is_honoured_and_capped(qcimage_server, upstream):
 
 
 BREAKER_ENV = {"QCIMAGE_BREAKER_FAIL_MAX": "3", "QCIMAGE_BREAKER_RESET_TIMEOUT": "4",
-               "QCIMAGE_LOOKUP_CACHE_TTL": "0"}
+               "QCIMAGE_LOOKUP_CACHE_TTL": "0", **SYNC_ENV}
 FAIL_MAX = int(BREAKER_ENV["QCIMAGE_BREAKER_FAIL_MAX"])
 RESET = float(BREAKER_ENV["QCIMAGE_BREAKER_RESET_TIMEOUT"])
 
@@ -480,7 +480,7 @@ def test_redis_outage_degrades_and_recovers(qcimage_server, upstream, redis_serv
     redis = redis_server()
     signing_key = secrets.token_urlsafe(32)
     env = redis_env(redis, QCIMAGE_LOOKUP_RATE_LIMIT="8 per minute",
-                    QCIMAGE_SIGNING_KEYS=signing_key)
+                    QCIMAGE_SIGNING_KEYS=signing_key, **SYNC_ENV)
     server = start(qcimage_server, **env)
     assert_ready(ready(server), "ready", redis="ok", upstream_circuit="closed")
     urls = image_urls(server)
@@ -526,7 +526,8 @@ def test_redis_outage_degrades_and_recovers(qcimage_server, upstream, redis_serv
 def test_redis_required_makes_readiness_fail_while_it_is_down(qcimage_server, upstream,
                                                               redis_server):
     redis = redis_server()
-    server = start(qcimage_server, QCIMAGE_REDIS_REQUIRED="true", **redis_env(redis))
+    server = start(qcimage_server, QCIMAGE_REDIS_REQUIRED="true", **redis_env(redis),
+                   **SYNC_ENV)
     assert_ready(ready(server), "ready", redis="ok")
     urls = image_urls(server)
     redis.stop()

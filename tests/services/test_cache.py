@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from qcimage.services.cache import (DiskStore, Entry, LookupCache, RedisStore, RenderCache,
-                                    RenderTimeout, TieredStore)
+                                    SourceCache, TieredStore)
+from qcimage.services.flight import FlightTimeout
 from tools import harness
 
 
@@ -62,7 +63,7 @@ def test_failed_render_releases_the_lock(store):
 def test_waiting_is_bounded(store):
     cache = RenderCache(store, wait_timeout=0.2)
     store.add("l:k", b"someone else", expire=30)
-    with pytest.raises(RenderTimeout):
+    with pytest.raises(FlightTimeout):
         cache.get_or_render("k", lambda: Entry(b"never", "image/png"))
 
 
@@ -89,7 +90,7 @@ def test_a_long_render_keeps_its_lock_past_the_lock_ttl(store):
 def test_a_dead_holders_lock_frees_within_its_ttl(store):
     """A box killed mid-render leaves its lock; waiters render after lock_ttl, not time out."""
     cache = RenderCache(store, wait_timeout=3, lock_ttl=0.5)
-    store.add("l:k", b"a holder that died", expire=cache.lock_ttl)
+    store.add("l:k", b"a holder that died", expire=cache.flight.lock_ttl)
     entry, cached = cache.get_or_render("k", lambda: Entry(b"mine", "image/png"))
     assert (entry.data, cached) == (b"mine", False)
 
@@ -136,6 +137,22 @@ def test_lookup_cache_disabled_with_zero_ttl(store):
     cache = LookupCache(store, ttl=0)
     cache.set("p", ["a"])
     assert cache.get("p") is None
+
+
+def test_source_cache_keeps_sources_for_their_ttl_and_within_the_byte_bound(store):
+    sources = SourceCache(store, ttl=60, max_bytes=1000, wait_timeout=5)
+    fetches = []
+
+    def fetch(size):
+        fetches.append(size)
+        return bytearray(b"x" * size)
+
+    assert sources.get_or_fetch("a|960", lambda: fetch(10)) == b"x" * 10
+    assert sources.get_or_fetch("a|960", lambda: fetch(10)) == b"x" * 10
+    sources.get_or_fetch("big|960", lambda: fetch(2000))
+    sources.get_or_fetch("big|960", lambda: fetch(2000))
+    assert fetches == [10, 2000, 2000]
+    assert SourceCache(store, ttl=0, max_bytes=1000, wait_timeout=5).get("a|960") is None
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pytest
 import responses
 from PIL import Image
 
-from qcimage.services.cache import DiskStore, LookupCache, RenderCache
+from qcimage.services.cache import DiskStore, LookupCache, RenderCache, SourceCache
 from qcimage.config import DEFAULT_WATERMARK_FONT as DEFAULT_FONT
-from qcimage.services.imaging import RenderSpec
+from qcimage.services.imaging import RenderSpec, UnsupportedImage
 from qcimage.services.imaging import probe as probe_module
 from qcimage.services.imaging.engine import ImagingEngine
 from qcimage.services.imaging.watermark import Watermark, WatermarkLayer
@@ -50,10 +50,11 @@ def takedowns_beside(store):
                         purge=store.purge)
 
 
-def renderer(engine, store, source=SourcePolicy(), fingerprint="wm1"):
+def renderer(engine, store, source=SourcePolicy(), fingerprint="wm1", sources=None):
     client = DoppelClient(BASE, retries=0)
     return ImageRenderer(client, RenderCache(store), engine, source=source,
-                         watermark_fingerprint=fingerprint, takedowns=takedowns_beside(store))
+                         watermark_fingerprint=fingerprint, takedowns=takedowns_beside(store),
+                         sources=sources)
 
 
 def requested_widths(calls):
@@ -154,6 +155,32 @@ def test_stale_lookup_is_served_when_upstream_fails(store):
     assert lookup.image_ids("1", "WEIDIAN") == (["abc"], "stale")
     with pytest.raises(UpstreamError):
         lookup.image_ids("2", "WEIDIAN")
+
+
+@responses.activate
+def test_other_formats_of_one_image_share_the_fetched_source(engine, store):
+    out = io.BytesIO()
+    Image.new("RGB", (960, 720), "white").save(out, "JPEG")
+    responses.get(BASE + "/img", body=out.getvalue(), content_type="image/jpeg")
+    sources = SourceCache(store, ttl=60, max_bytes=10 ** 7, wait_timeout=5)
+    pipeline = renderer(engine, store, sources=sources)
+    for fmt in ("webp", "jpeg", "png"):
+        assert not pipeline.render(RenderJob("abc", RenderSpec(960, 80, fmt))).cached
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_a_source_that_is_not_an_image_is_not_kept(engine, store):
+    out = io.BytesIO()
+    Image.new("RGB", (960, 720), "white").save(out, "JPEG")
+    responses.get(BASE + "/img", body=b"\x00garbage" * 100, content_type="image/jpeg")
+    responses.get(BASE + "/img", body=out.getvalue(), content_type="image/jpeg")
+    pipeline = renderer(engine, store,
+                        sources=SourceCache(store, ttl=60, max_bytes=10 ** 7, wait_timeout=5))
+    with pytest.raises(UnsupportedImage):
+        pipeline.render(RenderJob("abc", RenderSpec(960, 80, "webp")))
+    assert not pipeline.render(RenderJob("abc", RenderSpec(960, 80, "webp"))).cached
+    assert len(responses.calls) == 2
 
 
 @responses.activate

@@ -4,7 +4,8 @@ Used by ``make demo``, the end-to-end tests and the benchmarks, because no machi
 reaches the real upstream::
 
     python -m tools.upstream --host 127.0.0.1 --port 0 [--samples-dir DIR] [--scale S]
-                             [--fault SPEC ...] [--cache-mb 512] [-v]
+                             [--fault SPEC ...] [--cache-mb 512] [--latency img=MS[:JITTER]]
+                             [--bandwidth BYTES_PER_S] [--max-in-flight N] [-v]
 
 Once listening it prints exactly one line, ``READY http://HOST:PORT``, to stdout. Logs go to
 stderr (only warnings unless ``-v``). SIGTERM / SIGINT stop it cleanly. In-process::
@@ -14,6 +15,7 @@ stderr (only warnings unless ``-v``). SIGTERM / SIGINT stop it cleanly. In-proce
 
 Modules: ``catalogue`` (products shaped as Doppel answers them), ``images`` (sample
 pictures re-encoded and cached), ``faults`` (fault specs, the active board, their plays),
+``conditions`` (latency, bandwidth and concurrency caps that make it seem far away),
 ``server`` (HTTP routing, stats, ``UpstreamServer``), ``__main__`` (the command line).
 
 Endpoints
@@ -33,13 +35,18 @@ Endpoints
         {"total": 7, "endpoints": {"product": 2, "img": 5},
          "products": {"WEIDIAN/7494645791": 2}, "images": {"n4EYdIoE": 5},
          "variants": {"n4EYdIoE:960:webp": 5}, "statuses": {"200": 7},
-         "faults": {"delay": 1}, "renders": 1}
+         "faults": {"delay": 1}, "renders": 1, "in_flight": 0, "in_flight_max": 3}
 
     ``variants`` keys are ``id:width:format`` as requested (empty when absent, format
-    lower-cased); ``renders`` counts encodes that missed the output cache. Control
-    endpoints (``/_stats``, ``/_faults``) are not counted.
+    lower-cased); ``renders`` counts encodes that missed the output cache;
+    ``in_flight`` is how many Doppel requests are being answered now and
+    ``in_flight_max`` the most at once since the last reset. Control endpoints
+    (``/_stats``, ``/_faults``, ``/_conditions``) are not counted.
 ``GET /_faults`` / ``POST /_faults`` / ``DELETE /_faults[?id=N]``
     List, add or clear faults (below).
+``GET /_conditions`` / ``POST /_conditions`` / ``DELETE /_conditions``
+    Show, replace or clear the network conditions: per-endpoint latency, a bandwidth cap
+    and a cap on requests in flight (``tools.upstream.conditions`` describes the JSON).
 
 Faults
 ------

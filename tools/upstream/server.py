@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from tools.samples import ensure_samples, find_product
 from tools.upstream.catalogue import product_document
+from tools.upstream.conditions import Conditions, Network
 from tools.upstream.faults import Fault, FaultBoard, FaultPlayer, faults_from_json
 from tools.upstream.images import BadRequest, ImageStore, image_params
 
@@ -20,6 +21,8 @@ log = logging.getLogger("tools.upstream")
 
 PRODUCT_PATH = "/api/v1/products/qcMedia"
 IMAGE_PATH = "/img"
+# Under a bandwidth cap, bodies leave in pieces this big, each when the cap allows it.
+_PACE_CHUNK = 16 * 1024
 
 
 class Stats:
@@ -59,8 +62,9 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
 
     def __init__(self, address, store: ImageStore, stats: Stats, faults: FaultBoard,
-                 verbose: bool):
+                 network: Network, verbose: bool):
         self.store, self.stats, self.faults, self.verbose = store, stats, faults, verbose
+        self.network = network
         self.stopping = threading.Event()
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
@@ -151,6 +155,9 @@ class Handler(FaultPlayer, BaseHTTPRequestHandler):
             "/_stats": {"GET": self._get_stats, "DELETE": self._reset_stats},
             "/_faults": {"GET": self._get_faults, "POST": lambda: self._add_faults(body),
                          "DELETE": self._clear_faults},
+            "/_conditions": {"GET": self._get_conditions,
+                             "POST": lambda: self._set_conditions(body),
+                             "DELETE": lambda: self._set_conditions(b"{}")},
         }
         handlers = routes.get(url.path)
         try:
@@ -162,6 +169,8 @@ class Handler(FaultPlayer, BaseHTTPRequestHandler):
             elif method not in handlers:
                 self._json(405, {"success": False, "error": "method_not_allowed"},
                            {"Allow": ", ".join(handlers)})
+            elif url.path in (PRODUCT_PATH, IMAGE_PATH):
+                self._far_away(handlers[method])
             else:
                 handlers[method]()
         except (ConnectionError, TimeoutError):
@@ -171,6 +180,17 @@ class Handler(FaultPlayer, BaseHTTPRequestHandler):
             if not self._responded:
                 self._json(500, {"success": False, "error": "internal"})
             self.close_connection = True
+
+    def _far_away(self, handler) -> None:
+        """Run a Doppel endpoint under the network conditions, counted while in flight."""
+        network = self.server.network
+        network.enter(self.server.stopping)
+        try:
+            network.wait_latency("img" if handler == self._image else "product",
+                                 self.server.stopping)
+            handler()
+        finally:
+            network.leave()
 
     def _read_body(self) -> bytes:
         # Always drain a request body, or its bytes would be parsed as the next request.
@@ -189,7 +209,12 @@ class Handler(FaultPlayer, BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, str(value))
         self.end_headers()
-        self.wfile.write(body)
+        if self.server.network.conditions.bandwidth is None:
+            self.wfile.write(body)
+            return
+        for start in range(0, len(body), _PACE_CHUNK):
+            self.server.network.pace(len(body[start:start + _PACE_CHUNK]))
+            self.wfile.write(body[start:start + _PACE_CHUNK])
 
     def _json(self, status: int, payload: object, headers: dict | None = None) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json", headers)
@@ -237,11 +262,24 @@ class Handler(FaultPlayer, BaseHTTPRequestHandler):
     # -- instrumentation
 
     def _get_stats(self) -> None:
-        self._json(200, self.server.stats.snapshot())
+        self._json(200, {**self.server.stats.snapshot(), **self.server.network.snapshot()})
 
     def _reset_stats(self) -> None:
         self.server.stats.reset()
-        self._json(200, self.server.stats.snapshot())
+        self.server.network.reset_peak()
+        self._get_stats()
+
+    def _get_conditions(self) -> None:
+        self._json(200, self.server.network.conditions.to_json())
+
+    def _set_conditions(self, body: bytes) -> None:
+        try:
+            conditions = Conditions.from_json(json.loads(body or b"null"))
+        except ValueError as exc:
+            self._json(400, {"success": False, "error": "bad_conditions", "message": str(exc)})
+            return
+        self.server.network.update(conditions)
+        self._get_conditions()
 
     def _get_faults(self) -> None:
         self._json(200, self.server.faults.to_json())
@@ -271,13 +309,15 @@ class UpstreamServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
                  samples_dir: str | os.PathLike | None = None, *, scale: float = 1.0,
                  faults: list[Fault] | None = None, cache_bytes: int = 512 * 1024 * 1024,
-                 verbose: bool = False):
+                 conditions: Conditions | None = None, verbose: bool = False):
         self.stats = Stats()
+        self.network = Network(conditions)
         self.faults = FaultBoard()
         self.faults.add(list(faults or []))
         paths = ensure_samples(samples_dir, scale=scale)
         store = ImageStore(paths, cache_bytes, on_render=self.stats.rendered)
-        self._server = _Server((host, port), store, self.stats, self.faults, verbose)
+        self._server = _Server((host, port), store, self.stats, self.faults, self.network,
+                               verbose)
         self._thread: threading.Thread | None = None
 
     @property

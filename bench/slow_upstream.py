@@ -1,0 +1,168 @@
+"""Misses against a stand-in that is as far away as the real upstream (issue 9).
+
+Each miss is a distinct image source (another image or another width near 960), so the
+shared source cache and coalescing cannot hide the upstream wait; the stand-in's own
+output cache is filled first, so the stand-in spends no CPU during the measurement and
+only its latency is measured.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlencode
+
+import requests
+
+from qcimage.services.signing import Signer
+from tools import harness
+from tools.samples import SAMPLES_BY_ID
+
+from .metrics import median, percentile
+from .servers import Service
+
+IMAGE_DELAYS_S = (0.0, 0.2, 0.8)
+LOOKUP_DELAY_S = 0.3
+CONCURRENCIES = (4, 16, 64)
+# Requests per cell: enough for a steady rate at each concurrency, few enough for the budget.
+REQUESTS = {4: 24, 16: 64, 64: 192}
+QUALITY, FORMAT = 80, "webp"
+
+
+class DistinctMisses:
+    """Signed URLs that each need a source nobody fetched: images in turn, widths from 800."""
+
+    def __init__(self, service: Service):
+        self.service = service
+        self.signer = Signer(service.env["QCIMAGE_SIGNING_KEYS"].split(","))
+        # Upright JPEG photos: the stand-in prepares them fast, and an EXIF-rotated one
+        # would be fetched a second time at a width not prepared.
+        self.images = sorted(image_id for image_id, spec in SAMPLES_BY_ID.items()
+                             if spec.fmt == "JPEG" and spec.orientation == 1)
+        self._counter = itertools.count()
+
+    def take(self, count: int) -> list[tuple[str, int]]:
+        """(image id, width) pairs never handed out before."""
+        pairs = []
+        for n in itertools.islice(self._counter, count):
+            pairs.append((self.images[n % len(self.images)], 800 + n // len(self.images)))
+        return pairs
+
+    def url(self, image_id: str, width: int) -> str:
+        params = {"url": image_id, "width": str(width), "quality": str(QUALITY),
+                  "format": FORMAT}
+        params["sig"] = self.signer.sign(params)
+        return f"{self.service.url}/api/image?{urlencode(params)}"
+
+
+def warm_standin(upstream: harness.Upstream, pairs: list[tuple[str, int]],
+                 source: dict[str, str]) -> None:
+    """Have the stand-in encode every source once now, so measuring costs it no CPU."""
+    def fetch(pair):
+        image_id, width = pair
+        requests.get(f"{upstream.url}/img", timeout=120, params={
+            "url": image_id, "width": width, "format": source["format"],
+            "quality": source["quality"]}).raise_for_status()
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(fetch, pairs))
+
+
+def run_cell(urls: list[str], concurrency: int) -> dict:
+    """``concurrency`` clients take URLs until none is left; rate, latencies, statuses."""
+    pending = iter(urls)
+    lock = threading.Lock()
+    taken: list[tuple[int, float]] = []
+
+    def client() -> None:
+        while True:
+            with lock:
+                url = next(pending, None)
+            if url is None:
+                return
+            started = time.perf_counter()
+            response = requests.get(url, timeout=120)
+            with lock:
+                taken.append((response.status_code, (time.perf_counter() - started) * 1000))
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(client) for _ in range(concurrency)]:
+            future.result()
+    elapsed = time.monotonic() - started
+    ok = [ms for status, ms in taken if status == 200]
+    refused = [ms for status, ms in taken if status == 503]
+    return {"c": concurrency, "requests": len(taken), "ok": len(ok),
+            "overloaded": len(refused), "errors": len(taken) - len(ok) - len(refused),
+            "rps": len(ok) / elapsed, "p50_ms": median(ok) if ok else None,
+            "p99_ms": percentile(ok, 99) if ok else None,
+            "refused_p99_ms": percentile(refused, 99) if refused else None}
+
+
+def misses_under_latency(service: Service, upstream: harness.Upstream) -> list[dict]:
+    """Misses/s at each image delay and concurrency (look-ups delayed too, as upstream is)."""
+    misses = DistinctMisses(service)
+    cells = [(delay, c) for delay in IMAGE_DELAYS_S for c in CONCURRENCIES]
+    plan = {cell: misses.take(REQUESTS[cell[1]]) for cell in cells}
+    warm_standin(upstream, [p for pairs in plan.values() for p in pairs], _source(service))
+    rows = []
+    try:
+        for delay, c in cells:
+            upstream.set_conditions(latency={"img": delay * 1000,
+                                             "product": LOOKUP_DELAY_S * 1000})
+            upstream.reset_stats()
+            boots = service.worker_boots()
+            row = run_cell([misses.url(*pair) for pair in plan[delay, c]], c)
+            row.update(delay_s=delay, policy=service.label,
+                       in_flight_max=upstream.stats()["in_flight_max"],
+                       recycled=service.worker_boots() - boots)
+            rows.append(row)
+        peaks = service.worker_peak_rss()
+    finally:
+        upstream.clear_conditions()
+    add_ideal(rows, cores=len(peaks) or 2)
+    for row in rows:
+        row["peak_rss"] = peaks
+    return rows
+
+
+def add_ideal(rows: list[dict], cores: int) -> None:
+    """Each row's ideal ``min(CPU-bound rate, c / (delay + service time))`` and ratio.
+
+    The CPU-bound rate is the best instant-upstream rate; the service time of one miss is
+    the CPU it takes, ``cores / CPU-bound rate``.
+    """
+    instant = [row["rps"] for row in rows if row["delay_s"] == 0]
+    cpu_rate = max(instant) if instant else None
+    for row in rows:
+        if not cpu_rate or row["delay_s"] == 0:
+            row["ideal_rps"] = row["ratio"] = None
+            continue
+        row["ideal_rps"] = min(cpu_rate, row["c"] / (row["delay_s"] + cores / cpu_rate))
+        row["ratio"] = row["rps"] / row["ideal_rps"]
+        row["cpu_rate"] = cpu_rate
+
+
+def overload(service: Service, upstream: harness.Upstream, delay_s: float = 0.8,
+             concurrency: int = 64) -> dict:
+    """A queue bound below the load: who is refused (503 overloaded), how fast, who is served."""
+    misses = DistinctMisses(service)
+    pairs = misses.take(2 * concurrency)
+    warm_standin(upstream, pairs, _source(service))
+    upstream.set_conditions(latency={"img": delay_s * 1000})
+    try:
+        row = run_cell([misses.url(*pair) for pair in pairs], concurrency)
+    finally:
+        upstream.clear_conditions()
+    row.update(delay_s=delay_s, policy=service.label,
+               queue=int(service.env["QCIMAGE_RENDER_QUEUE"]),
+               workers=len(service.server.worker_pids()))
+    return row
+
+
+def _source(service: Service) -> dict[str, str]:
+    # What the default source policy asks upstream for (SourcePolicy's defaults).
+    return {"format": service.env.get("QCIMAGE_SOURCE_FORMAT", "jpeg"),
+            "quality": service.env.get("QCIMAGE_SOURCE_QUALITY", "98")}

@@ -1,0 +1,160 @@
+"""The worker model under real gunicorn with its defaults (gthread) and a slow stand-in.
+
+Waits overlap, overload is answered at once, a hanging upstream costs one attempt and
+cannot starve the box, and slow clients cannot block ``/health``. Assertions are counts
+and orderings (requests in flight at the stand-in, upstream attempts, which requests were
+still waiting when another answered), never durations.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection
+from urllib.parse import urlencode
+
+import pytest
+import requests
+
+from qcimage.services.signing import Signer
+from tests.e2e.faults import FAST_ENV, assert_error
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("clean_upstream")]
+
+IMAGE = "n4EYdIoE"
+OTHER_IMAGE = "cR-eVGrQ"
+
+
+class Box:
+    """A gunicorn with two workers and a signing key of ours, so tests mint image URLs."""
+
+    def __init__(self, qcimage_server, **env):
+        self.key = secrets.token_urlsafe(32)
+        self.server = qcimage_server(workers=2, QCIMAGE_SIGNING_KEYS=self.key, **env)
+        self.url = self.server.url
+
+    def image_url(self, image_id=IMAGE, width=960):
+        params = {"url": image_id, "width": str(width), "quality": "80", "format": "webp"}
+        params["sig"] = Signer([self.key]).sign(params)
+        return f"{self.url}/api/image?{urlencode(params)}"
+
+    def distinct_misses(self, count, image_id=IMAGE):
+        """URLs never rendered, each asking upstream for a different source width."""
+        return [self.image_url(image_id, 400 + 100 * n) for n in range(count)]
+
+
+def get_all(urls):
+    with ThreadPoolExecutor(len(urls)) as pool:
+        return list(pool.map(lambda url: requests.get(url, timeout=60), urls))
+
+
+def test_upstream_waits_overlap_across_threads_and_workers(qcimage_server, upstream):
+    box = Box(qcimage_server)
+    upstream.set_conditions(latency={"img": 1000})
+    upstream.reset_stats()
+    responses = get_all(box.distinct_misses(16))
+    assert [r.status_code for r in responses] == [200] * 16
+    stats = upstream.stats()
+    assert stats["endpoints"]["img"] == 16
+    # Two sync workers would have had 2 in flight at most.
+    assert stats["in_flight_max"] >= 8, stats
+
+
+def test_misses_beyond_the_queue_are_503_overloaded_while_health_answers(
+        qcimage_server, upstream):
+    box = Box(qcimage_server, QCIMAGE_RENDER_QUEUE="2")
+    upstream.set_conditions(latency={"img": 1000})
+    upstream.reset_stats()
+    with ThreadPoolExecutor(16) as pool:
+        misses = [pool.submit(requests.get, url, timeout=60)
+                  for url in box.distinct_misses(16)]
+        health = requests.get(box.url + "/health", timeout=10)
+        waiting_at_health = sum(not miss.done() for miss in misses)
+        responses = [miss.result() for miss in misses]
+    assert health.status_code == 200
+    assert waiting_at_health >= 1, "health answered only after the misses"
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) == {200, 503}, statuses
+    for refused in (r for r in responses if r.status_code == 503):
+        assert_error(refused, 503, "overloaded")
+        assert refused.headers["Retry-After"] == "1"
+    stats = upstream.stats()
+    # The refused asked upstream nothing; two places per worker, so never more than four
+    # fetches at once.
+    assert stats["endpoints"]["img"] == statuses.count(200)
+    assert stats["in_flight_max"] <= 4, stats
+
+
+def test_a_hanging_image_costs_one_attempt_and_starves_nothing(qcimage_server, upstream):
+    box = Box(qcimage_server, **{**FAST_ENV, "QCIMAGE_UPSTREAM_READ_TIMEOUT": "3",
+                                 "QCIMAGE_IMAGE_FETCH_TIMEOUT": "4",
+                                 "QCIMAGE_WORKER_TIMEOUT": "15"})
+    cached = box.image_url(OTHER_IMAGE)
+    first = requests.get(cached, timeout=60)
+    assert first.status_code == 200
+    upstream.set_faults({"mode": "hang", "paths": ["img"], "ids": [IMAGE]})
+    upstream.reset_stats()
+    hanging_url = box.image_url(IMAGE)
+    with ThreadPoolExecutor(8) as pool:  # 4 x the workers, all for the one hanging image
+        hanging = [pool.submit(requests.get, hanging_url, timeout=60) for _ in range(8)]
+        health = requests.get(box.url + "/health", timeout=10)
+        hit = requests.get(cached, timeout=10)
+        revalidated = requests.get(cached, timeout=10,
+                                   headers={"If-None-Match": first.headers["ETag"]})
+        still_waiting = sum(not request.done() for request in hanging)
+        responses = [request.result() for request in hanging]
+    assert health.status_code == 200
+    assert hit.status_code == 200 and hit.headers["X-Cache"] == "HIT"
+    assert revalidated.status_code == 304
+    assert still_waiting == 8, "the hanging requests ended before the others were answered"
+    for response in responses:
+        assert_error(response, 504, "upstream_timeout")
+    # One upstream attempt, its failure shared by every waiter in both workers.
+    assert upstream.stats()["images"] == {IMAGE: 1}
+
+
+def test_half_sent_requests_straight_at_gunicorn_do_not_block_health(qcimage_server):
+    box = Box(qcimage_server)
+    host, port = box.url.rsplit("/", 1)[1].split(":")
+    slow = []
+    try:
+        # Eight per worker; two sync workers were blocked by two.
+        for _ in range(16):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: qcimage\r\n")
+            slow.append(sock)
+        assert requests.get(box.url + "/health", timeout=10).status_code == 200
+        answers = []
+        for sock in slow:
+            sock.sendall(b"Connection: close\r\n\r\n")
+            answers.append(_read_all(sock))
+    finally:
+        for sock in slow:
+            sock.close()
+    assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers), answers[:1]
+
+
+def _read_all(sock):
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_gunicorn_keeps_connections_alive_between_requests(qcimage_server):
+    # gthread keeps a connection open for the next request (sync closed every one), so
+    # nginx's upstream keepalive pays off.
+    box = Box(qcimage_server)
+    host, port = box.url.rsplit("/", 1)[1].split(":")
+    conn = HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/health")
+        first = conn.getresponse()
+        assert first.status == 200 and first.read()
+        sock = conn.sock
+        conn.request("GET", "/health")
+        assert conn.getresponse().status == 200
+        assert conn.sock is sock and sock is not None
+    finally:
+        conn.close()
