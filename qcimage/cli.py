@@ -197,7 +197,7 @@ class _TakedownPlace:
     """The takedown list and the caches this box shares with the service, from its settings."""
 
     def __init__(self):
-        from .services.cache import open_source_store, open_store
+        from .services.stores import open_source_store, open_store
         from .services.takedown import open_takedowns
 
         default_dir = default_cache_dir()

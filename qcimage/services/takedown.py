@@ -27,7 +27,7 @@ from . import ServiceError
 
 if TYPE_CHECKING:
     from ..groups import CacheSettings
-    from .cache import RedisStore, Store
+    from .stores import RedisStore, Store
 
 log = logging.getLogger(__name__)
 

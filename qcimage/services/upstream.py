@@ -22,7 +22,7 @@ from .breaker import CircuitBreaker, CircuitOpen, MemoryState, RedisState
 
 if TYPE_CHECKING:
     from ..groups import UpstreamSettings
-    from .cache import RedisStore
+    from .stores import RedisStore
 
 log = logging.getLogger(__name__)
 
