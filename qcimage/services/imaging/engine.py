@@ -28,7 +28,7 @@ from qcimage.services.imaging.watermark import Watermark
 from qcimage.vocabulary import OUTPUT_FORMATS
 
 if TYPE_CHECKING:
-    from qcimage.config import ImagingSettings
+    from qcimage.groups import ImagingSettings
 
 # Fast settings that still compress well. PNG ignores the quality: zlib level 3 with
 # adaptive filtering is most of the size of level 9 for a fraction of the time.
