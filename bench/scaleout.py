@@ -134,18 +134,14 @@ def fault_rows(farm: Farm, seconds: float) -> list[dict]:
     """Each fault under a ``seconds`` load: what clients got."""
     load = Load(farm, seconds=seconds).warm()
     runs = [("kill -9 of one box (then restarted)", lambda: scaleout.kill_box(farm, load)),
-            ("rolling restart (HUP all, then stop/start each)",
-             lambda: scaleout.rolling_restart(farm, load.again())),
             ("Redis master killed (Sentinel fail-over)",
              lambda: scaleout.sentinel_failover(farm, load.again())),
-            ("Redis gone entirely, then back", lambda: scaleout.redis_gone(farm, load.again())[0])]
-    rows = []
-    for what, fault in runs:
-        rows.append(_fault_row(what, fault()))
-    scaleout.use_cluster(farm)
-    rows.append(_fault_row("one Redis Cluster node killed",
-                           scaleout.cluster_node_dies(farm, load.again())))
-    return rows
+            ("Redis gone entirely, then back", lambda: scaleout.redis_gone(farm, load.again())[0]),
+            ("rolling restart (HUP all, then stop/start each, onto the cluster)",
+             lambda: scaleout.rolling_restart(farm, load.again(), farm.cluster.url)),
+            ("one Redis Cluster node killed",
+             lambda: scaleout.cluster_node_dies(farm, load.again()))]
+    return [_fault_row(what, fault()) for what, fault in runs]
 
 
 def _fault_row(what: str, report) -> dict:
@@ -191,7 +187,8 @@ def markdown(result: dict) -> str:
     return "\n".join([
         "## Scale-out: several boxes behind the balancer",
         "",
-        f"Boxes of {result['workers']} gunicorn workers each, on network-namespace hosts "
+        f"Boxes of {result['workers']} gunicorn workers each (worker class and threads as "
+        "gunicorn.conf.py sets them), on network-namespace hosts "
         "of this machine, behind `nginx/qcimage-lb.conf` (image cache off for these rows), "
         f"{CONNECTIONS} connections, {result['seconds']:g} s per row. The boxes share the "
         "same cores, so the speed-up is not the point: *per core* is requests per "

@@ -281,3 +281,20 @@ def test_the_chart_is_drawn_from_a_run(tmp_path):
     report.draw_chart(results, chart)
     with Image.open(chart) as image:
         assert image.size[0] > 1000
+
+
+def test_scaleout_section_reports_per_core_work_and_fault_failures():
+    from bench import scaleout
+
+    def row(rps, cpu_s):
+        return {"rps": rps, "cpu_s": cpu_s, "seconds": 8.0, "errors": 0, "error_kinds": {}}
+    result = {"workers": 2, "seconds": 8.0, "fault_seconds": 30.0, "load": "1.0 / 2.0",
+              "boxes": [{"boxes": 1, "miss": row(10.0, 8.0), "hit": row(500.0, 8.0)},
+                        {"boxes": 2, "miss": row(10.0, 16.0), "hit": row(400.0, 8.0)}],
+              "faults": [{"fault": "kill -9 of one box", "requests": 900, "seconds": 31.0,
+                          "failed": 0, "5xx": 0, "kinds": {}}]}
+    text = scaleout.markdown(result)
+    # One box: 10 misses/s on one busy core; two boxes: the same on two cores, half kept.
+    assert "| 1 | 10.0 | 1.00 | 10.0 | 100 % | 0 | 500.0 | 1.00 | 500.0 | 100 % | 0 |" in text
+    assert "| 2 | 10.0 | 2.00 | 5.0 | 50 % | 0 | 400.0 | 1.00 | 400.0 | 80 % | 0 |" in text
+    assert "| kill -9 of one box | 900 | 31 | 0 | 0 |" in text

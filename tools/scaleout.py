@@ -412,16 +412,21 @@ def kill_box(farm: Farm, load: Load, name: str = "box2") -> LoadReport:
     return report
 
 
-def rolling_restart(farm: Farm, load: Load) -> LoadReport:
-    """HUP every box (graceful, all at once), then stop/start one box at a time."""
+def rolling_restart(farm: Farm, load: Load, redis_url: str | None = None) -> LoadReport:
+    """HUP every box (graceful, all at once), then stop/start one box at a time.
+
+    With ``redis_url`` each box comes back on that Redis: moving to another Redis is a
+    rolling restart too (the boxes disagree on shared state only during the roll).
+    """
     load.seconds = max(load.seconds, 300)  # ended by the roll, not the clock
     with load:
         time.sleep(2)
         with ThreadPoolExecutor(len(farm.box_names)) as pool:
             list(pool.map(farm.reload_box, farm.box_names))
+        farm.redis_url = redis_url or farm.redis_url
         for name in farm.box_names:
             farm.stop_box(name)
-            farm.restart_box(name)
+            farm.start_box(name)
             farm.wait_in_rotation(name)
         return load.finish()
 
@@ -453,14 +458,6 @@ def redis_gone(farm: Farm, load: Load) -> tuple[LoadReport, dict]:
     report = _during(load, outage)
     group.wait_settled()
     return report, seen
-
-
-def use_cluster(farm: Farm) -> None:
-    """Restart every box with the cluster for shared state and limits."""
-    farm.redis_url = farm.cluster.url
-    for name in farm.box_names:
-        farm.stop_box(name)
-    farm.start_boxes()
 
 
 def cluster_node_dies(farm: Farm, load: Load) -> LoadReport:

@@ -4,7 +4,8 @@ One farm (tools/scaleout.py) for the module: the stand-in upstream, a Redis Sent
 (master, replica, three sentinels) and a three-node Redis Cluster, three boxes running
 gunicorn.conf.py as shipped, and nginx/qcimage-lb.conf, each in its own network namespace
 with its own address; this machine is the client. The tests run in order and each leaves
-the farm whole for the next.
+the farm whole for the next: the boxes use the Sentinel group until the rolling restart
+moves them onto the cluster.
 
 Each fault runs under a bounded load (``LOAD_SECONDS``, 32 connections, half image hits,
 three tenths look-ups, two tenths misses) and counts every answer that is not a 200.
@@ -108,12 +109,6 @@ def test_kill_9_of_a_box_fails_no_request_and_it_takes_traffic_again(farm, load)
     assert not report.failed, report.summary()
 
 
-def test_rolling_restart_fails_no_request(farm, load):
-    report = scaleout.rolling_restart(farm, load.again())
-    assert len(report.answers) > 100, report.summary()
-    assert not report.failed, report.summary()
-
-
 def test_sentinel_failover_fails_no_request_and_limits_are_exact_after(farm, load):
     report = scaleout.sentinel_failover(farm, load.again())
     assert not report.server_errors, report.summary()
@@ -142,10 +137,16 @@ def test_redis_gone_entirely_degrades_without_5xx_and_recovers(farm, load):
     assert farm.box_get("box3", path).headers["X-Cache"] == "HIT"
 
 
-def test_a_dead_cluster_node_fails_no_request(farm, load):
-    scaleout.use_cluster(farm)
+def test_rolling_restart_onto_the_cluster_fails_no_request(farm, load):
+    report = scaleout.rolling_restart(farm, load.again(), redis_url=farm.cluster.url)
+    assert len(report.answers) > 100, report.summary()
+    assert not report.failed, report.summary()
     assert all(b["checks"]["redis"] == "ok" for b in farm.readiness().values())
     assert_lookups_exact(farm, "exact5")
+
+
+def test_a_dead_cluster_node_fails_no_request(farm, load):
+    assert farm.redis_url == farm.cluster.url
     report = scaleout.cluster_node_dies(farm, load.again())
     assert not report.server_errors, report.summary()
     assert not report.failed, report.summary()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,7 +28,7 @@ from qcimage.services.imaging.watermark import Watermark
 from qcimage.vocabulary import OUTPUT_FORMATS
 
 if TYPE_CHECKING:
-    from qcimage.config import ImagingSettings
+    from qcimage.groups import ImagingSettings
 
 # Fast settings that still compress well. PNG ignores the quality: zlib level 3 with
 # adaptive filtering is most of the size of level 9 for a fraction of the time.
@@ -39,6 +43,11 @@ _ENCODER_OPTIONS = {
 # slower); like WebP, our quality scale stays lossy. This ImageMagick (6.9.11-60) has no
 # encoder speed option, so libheif's default AV1 speed applies.
 _AVIF_MAX_QUALITY = 99
+# The decode budget's model (ImagingEngine._decode_scale), in bytes a pixel.
+_DECODED_BYTES_PER_PIXEL = 8
+_OUTPUT_BYTES_PER_PIXEL = 6
+# What one render may add to a worker (~80 MB at rest) that must stay under 300 MB.
+_DECODE_BUDGET = 220_000_000
 _RESOURCE_ERRORS = (ResourceLimitError, ResourceLimitFatalError, CacheError, CacheFatalError)
 _TRANSPOSED_IM = frozenset({"left_top", "right_top", "right_bottom", "left_bottom"})
 # EXIF orientation 1-8 as ImageMagick names it.
@@ -76,6 +85,10 @@ class ImagingEngine:
         self.max_source_pixels = max_source_pixels
         self.resize_filter = resize_filter
         self._painter = WatermarkPainter(watermark)
+        # Shared by the renders this worker runs at once (QCIMAGE_RENDER_SLOTS), so the
+        # worker, not each render, stays within it.
+        self._memory = MemoryBudget(max(_DECODE_BUDGET,
+                                        _DECODED_BYTES_PER_PIXEL * max_source_pixels))
 
     @classmethod
     def from_settings(cls, watermark: Watermark, imaging: ImagingSettings) -> ImagingEngine:
@@ -103,12 +116,20 @@ class ImagingEngine:
                 f"and {MAX_SIDE} on a side are accepted")
         if spec.format not in available_output_formats():
             raise ImagingError(f"this server cannot write {spec.format}")
+        scale, cost = self._decode_plan(probed, spec.width, len(source))
+        with self._memory.hold(cost):
+            return self._decode_and_encode(source, spec, probed, scale, painter)
+
+    def _decode_and_encode(self, source: bytes | bytearray, spec: RenderSpec, probed: Probe,
+                           scale: int, painter: WatermarkPainter | None) -> Rendered:
+        """The render itself, decoding at 1/scale: within its share of the budget."""
+        width, height = probed.width, probed.height
         decoded = probed.essential(source)
         if decoded is not source and isinstance(source, bytearray):
             source.clear()  # consumed: only the essential copy stays for the decoder
         with Image() as img:
             try:
-                hinted = probed.format == "jpeg" and _hint_jpeg_size(img, probed, spec.width)
+                hinted = scale > 1 and _hint_jpeg_size(img, probed, scale)
                 read_first_frame(img, decoded, probed.format)
                 if isinstance(decoded, bytearray):
                     decoded.clear()
@@ -125,6 +146,33 @@ class ImagingEngine:
                     f"the {probed.format} source cannot be decoded") from exc
             (painter or self._painter).apply(img)
             return self._encode(img, spec, had_alpha)
+
+    def _decode_plan(self, probed: Probe, max_width: int,
+                     source_bytes: int) -> tuple[int, int]:
+        """(n, bytes): decode at 1/n of the stored size, costing that much at its peak;
+        ImageTooLarge when no n fits the budget.
+
+        A render's peak over the worker's baseline is, measured within ~10 MB: the source
+        bytes, 8 bytes a decoded pixel (ImageMagick's Q16 cache), and the larger of a
+        progressive JPEG's coefficients (held while it decodes) and ~6 bytes an output
+        pixel (the resized copy and the encoder's buffers). The budget keeps a worker
+        (~80 MB at rest) under 300 MB; a larger QCIMAGE_MAX_SOURCE_PIXELS raises it to
+        8 bytes a pixel of that.
+        """
+        shown_w, shown_h = probed.shown_size
+        target_w = min(max_width, shown_w)
+        output = _OUTPUT_BYTES_PER_PIXEL * target_w * max(1, round(shown_h * target_w / shown_w))
+        scales = dict(_JPEG_SCALES)
+        for n in _jpeg_denominators(probed, target_w) if probed.format == "jpeg" else [1]:
+            scale = scales.get(n, 1)
+            decoded = math.ceil(probed.width * scale) * math.ceil(probed.height * scale)
+            cost = (source_bytes + _DECODED_BYTES_PER_PIXEL * decoded
+                    + max(probed.coefficient_bytes, output))
+            if cost <= self._memory.total:
+                return n, cost
+        raise ImageTooLarge(
+            f"the {probed.width}x{probed.height} source would need more memory than allowed "
+            f"to render at width {target_w}; ask for a smaller width")
 
     def _fit(self, img: Image, max_width: int, full_size: tuple[int, int] | None) -> None:
         """Resize to the output size, then apply EXIF orientation and drop page offsets.
@@ -186,25 +234,52 @@ class ImagingEngine:
                         width=img.width, height=img.height)
 
 
-def _hint_jpeg_size(img: Image, probed: Probe, max_width: int) -> bool:
-    """Ask libjpeg for a scaled-down decode when it pays; say whether it was asked."""
+class MemoryBudget:
+    """Bytes the renders running at once may add to the worker; a render waits its turn."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._free = total
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, amount: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._free >= amount)
+            self._free -= amount
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += amount
+                self._changed.notify_all()
+
+
+def _hint_jpeg_size(img: Image, probed: Probe, denominator: int) -> bool:
+    """Ask libjpeg for a decode at 1/denominator of the stored size."""
+    out_w, out_h = probed.shown_size
+    hint_w = out_w // denominator
+    hint_h = max(1, out_h // denominator)
+    stored = (hint_h, hint_w) if probed.transposed else (hint_w, hint_h)
+    img.options["jpeg:size"] = "{}x{}".format(*stored)
+    return True
+
+
+def _jpeg_denominators(probed: Probe, target_w: int) -> list[int]:
+    """Decode scales (1/n) worth trying for a JPEG shown target_w wide, best first."""
     # libjpeg-turbo decodes at 1/2, 3/8, 1/4 or 1/8 scale for a fraction of the cost
     # (ImageMagick asks for 1/n and libjpeg-turbo picks the smallest m/8 >= 1/n). We pick
     # the smallest scale that keeps at least 1.5x the output, leaving the last reduction
     # to the area-averaging resize: letting the DCT scaling do it all aliases on fine
     # textures such as fabric. Measured on a 4000x3000 photo to 960 px against a full
     # decode resized with Lanczos: 1/2 (2000 px) 68.6 ms, 42.8 dB; 3/8 (1500 px) 58.5 ms,
-    # 42.4 dB; on a fabric-like texture 29.9 and 32.1 dB.
-    out_w, out_h = probed.shown_size
-    needed = 1.5 * min(max_width, out_w)
-    denominator = next((n for n, scale in _JPEG_SCALES if out_w * scale >= needed), 1)
-    if denominator == 1:
-        return False
-    hint_w = out_w // denominator
-    hint_h = max(1, out_h // denominator)
-    stored = (hint_h, hint_w) if probed.transposed else (hint_w, hint_h)
-    img.options["jpeg:size"] = "{}x{}".format(*stored)
-    return True
+    # 42.4 dB; on a fabric-like texture 29.9 and 32.1 dB. Smaller scales that still give
+    # the whole output width come after it, for sources the memory budget refuses whole.
+    out_w = probed.shown_size[0]
+    best = next((n for n, scale in _JPEG_SCALES if out_w * scale >= 1.5 * target_w), 1)
+    coarser = [n for n, scale in reversed(_JPEG_SCALES)
+               if n > best and out_w * scale >= target_w]
+    return [best, *coarser]
 
 
 # (n asked of ImageMagick, the scale libjpeg-turbo then decodes at), smallest first.

@@ -3,6 +3,7 @@
 Nothing reaches ImageMagick before this has passed, and nothing here imports Wand.
 """
 
+import math
 import struct
 import zlib
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from qcimage.services.imaging import SourceTruncated, UnsupportedImage
 from qcimage.services.imaging.png import SIGNATURE as _PNG_SIGNATURE
 from qcimage.services.imaging.png import PngLayout, essential_chunks, walk_chunks
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG, DAC are not frames
+_JPEG_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 _JPEG_NO_LENGTH = frozenset(range(0xD0, 0xD8)) | {0x01, 0xD8}
 # EXIF orientations that swap width and height.
 _TRANSPOSED_EXIF = frozenset({5, 6, 7, 8})
@@ -39,6 +41,8 @@ class Probe:
     height: int
     orientation: int = 1  # EXIF 1-8
     png_layout: PngLayout | None = field(default=None, repr=False, compare=False)
+    # A progressive JPEG's DCT coefficients, which libjpeg holds whole while it decodes.
+    coefficient_bytes: int = field(default=0, compare=False)
 
     @property
     def transposed(self) -> bool:
@@ -66,6 +70,7 @@ def probe(data: bytes | bytearray) -> Probe:
     fmt = sniff_format(data)
     try:
         width, height = _PROBES[fmt](data)
+        coefficients = _jpeg_coefficient_bytes(data) if fmt == "jpeg" else 0
     except (IndexError, struct.error) as exc:
         raise UnsupportedImage(f"the {fmt} header is truncated") from exc
     if width < 1 or height < 1:
@@ -77,7 +82,7 @@ def probe(data: bytes | bytearray) -> Probe:
         _COMPLETE[fmt](data)
     except (IndexError, struct.error):
         raise SourceTruncated(f"the {fmt} source ends before its image does") from None
-    return Probe(fmt, width, height, _source_orientation(data, fmt))
+    return Probe(fmt, width, height, _source_orientation(data, fmt), None, coefficients)
 
 
 def output_format(data: bytes) -> str | None:
@@ -145,6 +150,22 @@ def _probe_jpeg(data: bytes) -> tuple[int, int]:
     frame = next(payload for marker, payload, _ in _jpeg_segments(data) if marker in _JPEG_SOF)
     height, width = struct.unpack_from(">HH", frame, 1)
     return width, height
+
+
+def _jpeg_coefficient_bytes(data: bytes) -> int:
+    """Bytes of DCT coefficients a progressive JPEG needs whole (0 for a baseline one):
+    128 (64 two-byte coefficients) per 8x8 block of each component, at its sampling."""
+    marker, frame = next((m, p) for m, p, _ in _jpeg_segments(data) if m in _JPEG_SOF)
+    if marker not in _JPEG_PROGRESSIVE:
+        return 0
+    height, width, count = struct.unpack_from(">HHB", frame, 1)
+    sampling = [frame[7 + 3 * index] for index in range(count)]
+    if not sampling:
+        raise _garbled("jpeg")
+    h_max = max(s >> 4 for s in sampling) or 1
+    v_max = max(s & 15 for s in sampling) or 1
+    return sum(128 * math.ceil(math.ceil(width * (s >> 4) / h_max) / 8)
+               * math.ceil(math.ceil(height * (s & 15) / v_max) / 8) for s in sampling)
 
 
 def _jpeg_orientation(data: bytes) -> int:
