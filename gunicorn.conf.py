@@ -195,7 +195,7 @@ class QcimageLogger(gunicorn.glogging.Logger):
     json = False
 
     def setup(self, cfg):
-        from qcimage.config import logging_settings
+        from qcimage.groups import logging_settings
         from qcimage.logformat import json_formatter
 
         super().setup(cfg)

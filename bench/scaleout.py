@@ -187,7 +187,8 @@ def markdown(result: dict) -> str:
     return "\n".join([
         "## Scale-out: several boxes behind the balancer",
         "",
-        f"Boxes of {result['workers']} gunicorn workers each, on network-namespace hosts "
+        f"Boxes of {result['workers']} gunicorn workers each (worker class and threads as "
+        "gunicorn.conf.py sets them), on network-namespace hosts "
         "of this machine, behind `nginx/qcimage-lb.conf` (image cache off for these rows), "
         f"{CONNECTIONS} connections, {result['seconds']:g} s per row. The boxes share the "
         "same cores, so the speed-up is not the point: *per core* is requests per "

@@ -1,7 +1,7 @@
 """qcimage: watermarked, web-ready images from marketplace QC photos.
 
 ``create_app`` reads like a table of contents: settings, logging, proxies, services,
-extensions, request hooks, blueprints (each with its guard), error handlers, commands.
+request hooks, extensions, blueprints (each with its guard), error handlers, commands.
 Its ``register_*`` steps import what they wire only when called: the gunicorn master
 imports this package for ``startup_report`` and must not load the app (nor ImageMagick)
 before it forks the workers.
@@ -57,8 +57,8 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         app.wsgi_app = TrustedProxyFix(app.wsgi_app, hops=settings.trusted_proxies,
                                        allowed=settings.forwarded_allow)
     app.extensions["qcimage"] = build_services(settings, Path(app.instance_path))
-    # Hooks first: Flask-Limiter's own before_request answers 429 while its storage is
-    # down (in-memory fallback), and that answer needs the request id already.
+    # Hooks first: Flask-Limiter's own before_request answers 429s, and those answers
+    # need the request id (and the access line) too.
     register_request_hooks(app)
     register_extensions(app, settings)
     register_blueprints(app, settings)

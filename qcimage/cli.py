@@ -16,8 +16,8 @@ from pathlib import Path
 import click
 
 from .auth import new_api_key
-from .config import ConfigError, load_cache_settings
-from .envreader import PREFIX, environment
+from .envreader import PREFIX, ConfigError, environment
+from .groups import load_cache_settings
 from .keys import hash_api_key, new_signing_key
 from .wiring import default_cache_dir
 
@@ -197,7 +197,7 @@ class _TakedownPlace:
     """The takedown list and the caches this box shares with the service, from its settings."""
 
     def __init__(self):
-        from .services.cache import open_source_store, open_store
+        from .services.stores import open_source_store, open_store
         from .services.takedown import open_takedowns
 
         default_dir = default_cache_dir()

@@ -27,6 +27,14 @@ def environment(test_config: Mapping[str, str] | None = None) -> Mapping[str, st
     return environ
 
 
+class ConfigError(ValueError):
+    """The environment does not describe a service that can start; ``problems`` lists why."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(self.problems))
+
+
 class EnvReader:
     """Typed access to the environment; each bad value adds a line to ``errors``."""
 

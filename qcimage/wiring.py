@@ -11,7 +11,7 @@ from flask import Flask, current_app
 from .config import Settings
 
 if TYPE_CHECKING:
-    from .services.cache import Store
+    from .services.stores import Store
     from .services.pipeline import Brand, ImageRenderer, ProductLookup
     from .services.signing import Signer
     from .services.takedown import TakedownList
@@ -67,12 +67,12 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     """Every service a worker needs, each built from its group of the settings."""
     # Imported here, in the worker: the gunicorn master imports this package to check
     # the configuration and must not load ImageMagick (or anything else) before forking.
-    from .services.cache import (LookupCache, RenderCache, SourceCache, open_source_store,
-                                 open_store)
+    from .services.cache import LookupCache, RenderCache, SourceCache
     from .services.imaging.engine import ImagingEngine
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
     from .services.slots import RenderSlots
+    from .services.stores import open_source_store, open_store
     from .services.takedown import open_takedown_list
     from .services.upstream import DoppelClient
 

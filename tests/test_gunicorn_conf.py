@@ -14,7 +14,7 @@ import pytest
 import requests
 from gunicorn.config import Config
 
-from qcimage.config import WORKER_TIMEOUT, logging_settings
+from qcimage.groups import WORKER_TIMEOUT, logging_settings
 from tools.harness import GUNICORN_CONF, ROOT, clean_env, free_port, start_gunicorn
 
 ENV_NAMES = (

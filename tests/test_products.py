@@ -220,6 +220,9 @@ def test_lookups_are_rate_limited_per_key(env, upstream):
     assert limited.status_code == 429
     assert int(limited.headers["Retry-After"]) >= 1
     assert limited.get_json()["error"] == "rate_limited"
+    # The limiter refuses in its own before_request hook: the request id is set before it.
+    assert limited.get_json()["requestId"] == limited.headers["X-Request-ID"]
+    assert len(limited.headers["X-Request-ID"]) == 32
     # Another key has its own budget.
     assert client.get("/api/qc-images?id=7494645791",
                       headers={"X-API-Key": OTHER_KEY}).status_code == 200

@@ -4,7 +4,8 @@ import logging
 
 import pytest
 
-from qcimage.services.cache import Entry, RedisStore, RenderCache
+from qcimage.services.cache import Entry, RenderCache
+from qcimage.services.stores import RedisStore
 from tools.harness import ROOT, Redis, clean_env, free_port
 
 SAMPLE = ROOT / "redis" / "qcimage.conf"

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from qcimage import create_app
 from qcimage.cli import takedown_cli
-from qcimage.config import hash_api_key
+from qcimage.keys import hash_api_key
 from qcimage.services.takedown import DiskTakedowns
 from tests.conftest import add_image, add_product, query
 from tests.test_images import base, signed

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from qcimage import create_app
-from qcimage.config import hash_api_key
+from qcimage.keys import hash_api_key
 from qcimage.services.signing import Signer
 from tests.conftest import SIGNING_KEY, add_image, add_product, photo_bytes, query
 from tests.test_metrics import sample

@@ -26,8 +26,8 @@ import diskcache
 from . import ServiceError
 
 if TYPE_CHECKING:
-    from ..config import CacheSettings
-    from .cache import RedisStore, Store
+    from ..groups import CacheSettings
+    from .stores import RedisStore, Store
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from . import ServiceError
 from .breaker import CircuitBreaker, CircuitOpen, MemoryState, RedisState
 
 if TYPE_CHECKING:
-    from ..config import UpstreamSettings
-    from .cache import RedisStore
+    from ..groups import UpstreamSettings
+    from .stores import RedisStore
 
 log = logging.getLogger(__name__)
 

@@ -147,3 +147,35 @@ def test_hup_with_a_broken_file_keeps_serving_the_last_good_one(tenants):
              for name, image in first_images(tenants).items()}
     assert {name: r.status_code for name, r in after.items()} == {n: 200 for n in TENANTS}
     assert {name: r.headers["ETag"] for name, r in after.items()} == before
+
+
+def test_three_tenants_showing_one_uncached_image_cost_one_fetch_and_three_renders(tenants,
+                                                                                   upstream):
+    """QCIMAGE_SOURCE_CACHE_TTL / _MAX_BYTES keep fetched sources in the shared store."""
+    images = first_images(tenants)
+    assert len({image["original"] for image in images.values()}) == 1
+    upstream.reset_stats()
+    barrier = threading.Barrier(len(images))
+    results = {}
+
+    def fetch(name: str) -> None:
+        barrier.wait()
+        results[name] = requests.get(images[name]["watermarked"], timeout=60,
+                                     headers={"Connection": "close"})
+
+    threads = [threading.Thread(target=fetch, args=(name,)) for name in images]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {name: r.status_code for name, r in results.items()} == {n: 200 for n in TENANTS}
+    assert [r.headers["X-Cache"] for r in results.values()] == ["MISS"] * 3  # 3 renders
+    assert len({r.content for r in results.values()}) == 3
+    assert upstream.stats()["images"] == {images["shop-a"]["original"]: 1}  # 1 fetch
+    # Not only concurrent ones: the fetched source is kept a while for the next brand.
+    second = {name: look_up(tenants.url, key)["images"][1] for name, key in tenants.keys.items()}
+    upstream.reset_stats()
+    for name in TENANTS:
+        response = requests.get(second[name]["watermarked"], timeout=60)
+        assert response.status_code == 200 and response.headers["X-Cache"] == "MISS"
+    assert upstream.stats()["images"] == {second["shop-a"]["original"]: 1}

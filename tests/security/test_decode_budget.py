@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+import threading
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,21 @@ def test_a_source_that_cannot_fit_at_that_width_is_413_before_decoding(engine, p
     assert growth < 16 * MB
     # The same source at a width that fits renders.
     assert engine.render(data, RenderSpec(480, 80, "webp")).width == 480
+
+
+def test_renders_running_at_once_share_the_budget(engine):
+    # Two render slots, two big renders at once: the worker stays within one budget,
+    # the second render waiting for the first's share (was twice the growth).
+    sources = [bytearray(jpeg(5600, 4200, progressive=True)) for _ in range(2)]
+    results = []
+
+    def render_both():
+        threads = [threading.Thread(target=lambda data=data: results.append(
+            engine.render(data, RenderSpec(2000, 80, "webp")))) for data in sources]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    growth = peak_growth(render_both)
+    assert [r.width for r in results] == [2000, 2000]
+    assert growth < GROWTH_LIMIT, f"grew {growth / MB:.0f} MB"

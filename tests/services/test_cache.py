@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from qcimage.services.cache import (DiskStore, Entry, LookupCache, RedisStore, RenderCache,
-                                    SourceCache, TieredStore)
+from qcimage.services.cache import Entry, LookupCache, RenderCache, SourceCache
 from qcimage.services.flight import FlightTimeout
+from qcimage.services.stores import DiskStore, RedisStore, TieredStore
 from tools import harness
 
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from qcimage.services.cache import DiskStore
+from qcimage.services.stores import DiskStore
 from qcimage.services.flight import Flight
 from qcimage.services.upstream import UpstreamNotFound, UpstreamTimeout
 

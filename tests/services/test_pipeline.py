@@ -10,13 +10,14 @@ import pytest
 import responses
 from PIL import Image
 
-from qcimage.services.cache import DiskStore, LookupCache, RenderCache, SourceCache
+from qcimage.services.cache import LookupCache, RenderCache, SourceCache
 from qcimage.config import DEFAULT_WATERMARK_FONT as DEFAULT_FONT
 from qcimage.services.imaging import RenderSpec, UnsupportedImage
 from qcimage.services.imaging import probe as probe_module
 from qcimage.services.imaging.engine import ImagingEngine
 from qcimage.services.imaging.watermark import Watermark, WatermarkLayer
 from qcimage.services.pipeline import ImageRenderer, ProductLookup, RenderJob, SourcePolicy
+from qcimage.services.stores import DiskStore
 from qcimage.services.takedown import DiskTakedowns, TakedownList
 from qcimage.services.upstream import DoppelClient, UpstreamError
 

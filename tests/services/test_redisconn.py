@@ -14,7 +14,7 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from qcimage.services import redisconn
-from qcimage.services.cache import RedisStore
+from qcimage.services.stores import RedisStore
 from qcimage.services.redisconn import RedisURLError, parse_redis_url
 from qcimage.services.upstream import make_breaker
 from tools import redisha

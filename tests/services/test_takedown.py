@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from qcimage.services.cache import RedisStore
+from qcimage.services.stores import RedisStore
 from qcimage.services.takedown import (DiskTakedowns, RedisTakedowns, Takedown, TakedownList,
                                        TakenDown, open_takedowns)
 from tools import harness

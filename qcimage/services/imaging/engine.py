@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,7 +28,7 @@ from qcimage.services.imaging.watermark import Watermark
 from qcimage.vocabulary import OUTPUT_FORMATS
 
 if TYPE_CHECKING:
-    from qcimage.config import ImagingSettings
+    from qcimage.groups import ImagingSettings
 
 # Fast settings that still compress well. PNG ignores the quality: zlib level 3 with
 # adaptive filtering is most of the size of level 9 for a fraction of the time.
@@ -82,6 +85,10 @@ class ImagingEngine:
         self.max_source_pixels = max_source_pixels
         self.resize_filter = resize_filter
         self._painter = WatermarkPainter(watermark)
+        # Shared by the renders this worker runs at once (QCIMAGE_RENDER_SLOTS), so the
+        # worker, not each render, stays within it.
+        self._memory = MemoryBudget(max(_DECODE_BUDGET,
+                                        _DECODED_BYTES_PER_PIXEL * max_source_pixels))
 
     @classmethod
     def from_settings(cls, watermark: Watermark, imaging: ImagingSettings) -> ImagingEngine:
@@ -109,7 +116,14 @@ class ImagingEngine:
                 f"and {MAX_SIDE} on a side are accepted")
         if spec.format not in available_output_formats():
             raise ImagingError(f"this server cannot write {spec.format}")
-        scale = self._decode_scale(probed, spec.width, len(source))
+        scale, cost = self._decode_plan(probed, spec.width, len(source))
+        with self._memory.hold(cost):
+            return self._decode_and_encode(source, spec, probed, scale, painter)
+
+    def _decode_and_encode(self, source: bytes | bytearray, spec: RenderSpec, probed: Probe,
+                           scale: int, painter: WatermarkPainter | None) -> Rendered:
+        """The render itself, decoding at 1/scale: within its share of the budget."""
+        width, height = probed.width, probed.height
         decoded = probed.essential(source)
         if decoded is not source and isinstance(source, bytearray):
             source.clear()  # consumed: only the essential copy stays for the decoder
@@ -133,8 +147,10 @@ class ImagingEngine:
             (painter or self._painter).apply(img)
             return self._encode(img, spec, had_alpha)
 
-    def _decode_scale(self, probed: Probe, max_width: int, source_bytes: int) -> int:
-        """1/n of the stored size to decode at; ImageTooLarge when no n fits the budget.
+    def _decode_plan(self, probed: Probe, max_width: int,
+                     source_bytes: int) -> tuple[int, int]:
+        """(n, bytes): decode at 1/n of the stored size, costing that much at its peak;
+        ImageTooLarge when no n fits the budget.
 
         A render's peak over the worker's baseline is, measured within ~10 MB: the source
         bytes, 8 bytes a decoded pixel (ImageMagick's Q16 cache), and the larger of a
@@ -146,14 +162,14 @@ class ImagingEngine:
         shown_w, shown_h = probed.shown_size
         target_w = min(max_width, shown_w)
         output = _OUTPUT_BYTES_PER_PIXEL * target_w * max(1, round(shown_h * target_w / shown_w))
-        budget = max(_DECODE_BUDGET, _DECODED_BYTES_PER_PIXEL * self.max_source_pixels)
         scales = dict(_JPEG_SCALES)
         for n in _jpeg_denominators(probed, target_w) if probed.format == "jpeg" else [1]:
             scale = scales.get(n, 1)
             decoded = math.ceil(probed.width * scale) * math.ceil(probed.height * scale)
-            if (source_bytes + _DECODED_BYTES_PER_PIXEL * decoded
-                    + max(probed.coefficient_bytes, output) <= budget):
-                return n
+            cost = (source_bytes + _DECODED_BYTES_PER_PIXEL * decoded
+                    + max(probed.coefficient_bytes, output))
+            if cost <= self._memory.total:
+                return n, cost
         raise ImageTooLarge(
             f"the {probed.width}x{probed.height} source would need more memory than allowed "
             f"to render at width {target_w}; ask for a smaller width")
@@ -216,6 +232,27 @@ class ImagingEngine:
             raise ImagingError(f"the encoder did not produce {spec.format}")
         return Rendered(data=data, format=spec.format, mime=OUTPUT_FORMATS[spec.format],
                         width=img.width, height=img.height)
+
+
+class MemoryBudget:
+    """Bytes the renders running at once may add to the worker; a render waits its turn."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._free = total
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, amount: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._free >= amount)
+            self._free -= amount
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += amount
+                self._changed.notify_all()
 
 
 def _hint_jpeg_size(img: Image, probed: Probe, denominator: int) -> bool:
