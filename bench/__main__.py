@@ -227,8 +227,9 @@ def _default_server(results: dict, args: argparse.Namespace, upstream, tmp: Path
             _extend(results, "hits", _phase(results, "hits", phases.wrk_rows, service,
                                             "cache hit (9 warm URLs)", urls, (1, 16, 64),
                                             duration))
+            # The hits' concurrency, so the hit / cold-render ratio compares like with like.
             results["cold_throughput"] = _phase(results, "hits", phases.cold_throughput,
-                                                service, 8, max_requests=60, budget_s=15)
+                                                service, 16, max_requests=60, budget_s=15)
             etag = _phase(results, "not_modified", phases.not_modified_check, service, urls[1])
             if etag:
                 _extend(results, "not_modified", _phase(
