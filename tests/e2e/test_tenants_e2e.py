@@ -21,9 +21,15 @@ TENANTS = {"shop-a": ("SHOP-A", "north_west"), "shop-b": ("BRAND-B", "south_east
            "shop-c": ("C-STORE", "center")}
 
 
+# These tests study links, marks and reloads, not limits (tests/test_tenant_requests.py
+# does): a load loop must not meet the seed limit of 100 look-ups while a slow HUP runs.
+ROOMY_LIMITS = 'lookup_rate_limit = "100000 per hour"\nimage_rate_limit = "100000 per hour"\n'
+
+
 def tenants_toml(keys: dict[str, str], texts: dict[str, str]) -> str:
     return "".join(
         f'[tenants.{name}]\napi_keys = ["{hashlib.sha256(keys[name].encode()).hexdigest()}"]\n'
+        f'{ROOMY_LIMITS}'
         f'watermark = {{ text = "{texts[name]}", position = "{position}" }}\n\n'
         for name, (_, position) in TENANTS.items())
 
