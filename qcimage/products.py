@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from flask import Blueprint, g, request
 
 from .auth import request_key
@@ -10,7 +12,7 @@ from .extensions import client_ip, limiter
 from .schemas import (LinkQuerySchema, LinkResponseSchema, ProductQuerySchema,
                       ProductResponseSchema, load_query)
 from .services.links import resolve
-from .services.signing import canonical_image_url
+from .services.signing import Signer, canonical_image_url
 from .services.upstream import UpstreamNotFound
 from .tenants import Tenant
 from .vocabulary import PLATFORMS
@@ -46,28 +48,31 @@ def link_maker(tenant: Tenant, quality: int, fmt: str):
     """``link(image_id, width)``: absolute signed /api/image URLs on the public base URL,
     carrying the tenant (``t``) whose watermark they show.
 
-    The expiry is worked out once per look-up, and so is each (image, width) link: the
-    main link is usually one of the srcset's too.
+    The expiry is worked out once per look-up; the expiry is rounded to a bucket, so the
+    same links come back look-up after look-up and each is signed once per bucket.
     """
     services = current_services()
     settings = services.settings
     expires = services.signer.expiry(tenant.defaults.link_ttl, settings.signed_url_bucket)
     t = settings.tenants.link_name(tenant)
-    links: dict[tuple[str, int], str] = {}
 
     def link(image_id: str, width: int) -> str:
-        if (image_id, width) not in links:
-            params = {"url": image_id, "width": str(width), "quality": str(quality),
-                      "format": fmt}
-            if expires is not None:
-                params["expires"] = str(expires)
-            if t is not None:
-                params["t"] = t
-            params["sig"] = services.signer.sign(params)
-            links[image_id, width] = settings.public_url + canonical_image_url(params)
-        return links[image_id, width]
+        return _signed_link(services.signer, settings.public_url, image_id, width, quality,
+                            fmt, expires, t)
 
     return link
+
+
+@functools.lru_cache(maxsize=16384)
+def _signed_link(signer: Signer, public_url: str, image_id: str, width: int, quality: int,
+                 fmt: str, expires: int | None, t: str | None) -> str:
+    params = {"url": image_id, "width": str(width), "quality": str(quality), "format": fmt}
+    if expires is not None:
+        params["expires"] = str(expires)
+    if t is not None:
+        params["t"] = t
+    params["sig"] = signer.sign(params)
+    return public_url + canonical_image_url(params)
 
 
 def _with_tenant_defaults(args: dict, tenant: Tenant) -> dict:

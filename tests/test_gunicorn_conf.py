@@ -74,7 +74,7 @@ def test_defaults_suit_a_box_behind_nginx(load_conf, monkeypatch):
     # Recycled by memory, not by request count.
     assert conf.max_requests == 0
     assert conf.WORKER_MAX_RSS == 1024 * 1024 * 1024
-    assert conf.accesslog == "-"
+    assert conf.accesslog is None  # the app writes the one access line per request
     assert conf.loglevel == "info"
     assert conf.forwarded_allow_ips == "127.0.0.1,::1"
     assert conf.wsgi_app == "wsgi:app"
@@ -97,6 +97,11 @@ def test_workers_recycle_by_memory_one_at_a_time(load_conf, monkeypatch):
     assert [worker.alive for worker in workers] == [False, True]
     monkeypatch.setattr(conf.time, "time", lambda: os.stat(
         os.path.join(conf._metrics_dir, "last-recycle")).st_mtime + conf.RECYCLE_GAP_SECONDS)
+    # Memory is read at most every RSS_CHECK_SECONDS per worker: not yet...
+    conf.post_request(workers[1], None, {}, None)
+    assert workers[1].alive is True
+    # ...and once that has passed, the second worker's turn has come.
+    workers[1].qcimage_next_rss_check = 0.0
     conf.post_request(workers[1], None, {}, None)
     assert workers[1].alive is False
 
@@ -132,6 +137,7 @@ def test_worker_heartbeat_lives_in_shared_memory_when_there_is_one(load_conf, mo
     ("QCIMAGE_ACCESS_LOG", "/var/log/qcimage/access.log", "accesslog",
      "/var/log/qcimage/access.log"),
     ("QCIMAGE_ACCESS_LOG", "off", "accesslog", None),
+    ("QCIMAGE_ACCESS_LOG", "-", "accesslog", "-"),
     ("QCIMAGE_LOG_LEVEL", "WARNING", "loglevel", "warning"),
     ("QCIMAGE_FORWARDED_ALLOW_IPS", "10.0.0.0/8, 192.168.1.5", "forwarded_allow_ips",
      "10.0.0.0/8,192.168.1.5"),

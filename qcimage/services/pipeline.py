@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 PIPELINE_VERSION = "2"
 # Doppel's originals are at most this wide; asking for more only costs bytes.
 MAX_SOURCE_WIDTH = 5000
+# Image sizes a worker keeps in memory (about 200 bytes each) before starting afresh.
+_KNOWN_SIZES = 50_000
 
 
 class ProductLookup:
@@ -144,6 +146,7 @@ class ImageRenderer:
         # are keyed by its own watermark's fingerprint: changing one re-renders its only.
         self._key_prefix = "|".join((PIPELINE_VERSION, engine.settings_key()))
         self._fingerprint = watermark_fingerprint
+        self._sizes: dict[str, tuple[int, int]] = {}
 
     def cache_key(self, job: RenderJob) -> str:
         src_width, src_format, src_quality = self.source.params(job)
@@ -160,8 +163,20 @@ class ImageRenderer:
                          str(self.source.width or width)))
 
     def known_size(self, image_id: str, width: int) -> tuple[int, int] | None:
-        """(width, height) of ``image_id`` rendered at ``width``, once a render showed it."""
-        return self.cache.rendered_size(self._size_key(image_id, width))
+        """(width, height) of ``image_id`` rendered at ``width``, once a render showed it.
+
+        Asked on every look-up and hit; a size once known never changes (the image id
+        names the bytes), so this process keeps it instead of reading the store again.
+        """
+        key = self._size_key(image_id, width)
+        size = self._sizes.get(key)
+        if size is None:
+            size = self.cache.rendered_size(key)
+            if size is not None:
+                if len(self._sizes) >= _KNOWN_SIZES:
+                    self._sizes.clear()
+                self._sizes[key] = size
+        return size
 
     def _remember_size(self, job: RenderJob, width: int, height: int) -> None:
         # For look-ups, so pages can reserve the space before the image loads.
@@ -234,20 +249,32 @@ class ImageRenderer:
             self._remember_size(job, rendered.width, rendered.height)
             return Entry(data=rendered.data, mime=rendered.mime)
 
-        key = self.cache_key(job)
-        entry, cached = self.cache.get(key, tag=job.image_id), True
-        if entry is None:
-            with self.slots.admit():
-                entry, cached = self.cache.get_or_render(key, produce, tag=job.image_id)
-        metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss", job.tenant).inc()
-        if cached:
-            metrics.CACHE_BYTES.labels(job.tenant).inc(len(entry.data))
-            if self.known_size(job.image_id, job.spec.width) is None:
-                # Rendered before sizes were kept: read it off the header, once.
-                try:
-                    rendered = probe(entry.data)
-                except UnsupportedImage:
-                    pass  # AVIF: no header reader here; known after its next render
-                else:
-                    self._remember_size(job, rendered.width, rendered.height)
+        entry = self.cached(job)
+        if entry is not None:
+            return RenderResult(entry, True)
+        with self.slots.admit():
+            entry, cached = self.cache.get_or_render(self.cache_key(job), produce,
+                                                     tag=job.image_id)
+        self._count(job, entry, cached)
         return RenderResult(entry, cached, timings.get("upstream_ms"), timings.get("render_ms"))
+
+    def cached(self, job: RenderJob) -> Entry | None:
+        """The rendered entry when the cache holds it (counted as a hit), else None."""
+        entry = self.cache.get(self.cache_key(job), tag=job.image_id)
+        if entry is not None:
+            self._count(job, entry, cached=True)
+        return entry
+
+    def _count(self, job: RenderJob, entry: Entry, cached: bool) -> None:
+        metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss", job.tenant).inc()
+        if not cached:
+            return
+        metrics.CACHE_BYTES.labels(job.tenant).inc(len(entry.data))
+        if self.known_size(job.image_id, job.spec.width) is None:
+            # Rendered before sizes were kept: read it off the header, once.
+            try:
+                rendered = probe(entry.data)
+            except UnsupportedImage:
+                pass  # AVIF: no header reader here; known after its next render
+            else:
+                self._remember_size(job, rendered.width, rendered.height)

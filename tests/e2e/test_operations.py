@@ -45,12 +45,25 @@ def test_every_log_line_is_json_with_request_fields(qcimage_server):
     image = next(r for r in records if r.get("logger") == "qcimage.access"
                  and r.get("route") == "/api/image")
     assert image["cache"] == "miss" and image["render_ms"] > 0 and image["upstream_ms"] > 0
-    assert any(r.get("logger") == "gunicorn.access" and r.get("request_id") == "ops-test-1"
-               for r in records)
+    # One access line per request: gunicorn's own is off unless asked for (below).
+    assert [r["logger"] for r in records if r.get("request_id") == "ops-test-1"
+            and r.get("logger", "").endswith(".access")] == ["qcimage.access"]
+    assert lookup["user_agent"].startswith("python-requests/")
     # Secrets never reach the logs: neither the key nor any signature.
     sig = image_url.rsplit("sig=", 1)[1]
     assert server.api_key not in text and sig not in text and "bad" not in json.dumps(
         [r.get("api_key") for r in records])
+
+
+def test_gunicorn_access_lines_when_asked_for_are_json_without_the_query(qcimage_server):
+    server = qcimage_server(workers=1, QCIMAGE_ACCESS_LOG="-")
+    requests.get(server.url + LOOKUP, timeout=30,
+                 headers={"X-API-Key": server.api_key, "X-Request-ID": "ops-test-2"})
+    time.sleep(0.5)
+    server.stop()
+    line = next(r for r in json_lines(server.log_text())
+                if r.get("logger") == "gunicorn.access" and r.get("request_id") == "ops-test-2")
+    assert line["path"] == "/api/qc-images" and line["status"] == 200
 
 
 def test_request_id_round_trip_and_generation(qcimage_server):

@@ -1,0 +1,175 @@
+"""The hit path (qcimage/hitpath.py): cache hits and 304s answered ahead of Flask, with the
+response Flask would give, the same rate-limit bucket, the same access line and metrics;
+everything else left to Flask."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from werkzeug.test import Client
+from werkzeug.wrappers import Response
+
+from qcimage import create_app
+from qcimage.hitpath import HitPath
+from tests.conftest import add_image
+from tests.test_images import base, signed
+from tests.test_metrics import sample
+
+# Differ from one request to the next whoever answers.
+_PER_REQUEST = {"X-Request-ID", "X-RateLimit-Remaining", "X-RateLimit-Reset",
+                "X-RateLimit-Retry-After", "Date"}
+
+
+def spy(app) -> tuple[HitPath, list[str]]:
+    """The app's hit path, and a list that gets the path of each request Flask answers."""
+    hit_path = app.wsgi_app if isinstance(app.wsgi_app, HitPath) else app.wsgi_app.app
+    assert isinstance(hit_path, HitPath)
+    flask_app, answered = hit_path.next, []
+
+    def counting(environ, start_response):
+        answered.append(environ["PATH_INFO"])
+        return flask_app(environ, start_response)
+
+    hit_path.next = counting
+    return hit_path, answered
+
+
+@pytest.fixture
+def cached(env, upstream, jpeg_source):
+    """(app, client, its Flask-only client, Flask's answers, url of a cached render)."""
+    def make(headers=None, **params):
+        app = create_app(env)
+        add_image(upstream, jpeg_source)
+        hit_path, answered = spy(app)
+        client = app.test_client()
+        url = signed(base(**params))
+        # Rendered by Flask, for the format these headers negotiate.
+        assert client.get(url, headers=headers).headers["X-Cache"] == "MISS"
+        answered.clear()
+        return app, client, FlaskOnly(hit_path.next), answered, url
+    return make
+
+
+class FlaskOnly(Client):
+    """A client of the Flask app behind the hit path, from the test client's address."""
+
+    def __init__(self, wsgi_app):
+        super().__init__(wsgi_app, Response)
+
+    def open(self, *args, **kwargs):
+        kwargs.setdefault("environ_overrides", {"REMOTE_ADDR": "127.0.0.1"})
+        return super().open(*args, **kwargs)
+
+
+def headers_of(response) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k not in _PER_REQUEST}
+
+
+@pytest.mark.parametrize("method, params, headers", [
+    ("GET", {}, {}),
+    ("HEAD", {}, {}),
+    ("GET", {"expires": None}, {}),
+    ("GET", {"format": "auto"}, {"Accept": "image/avif,image/webp,*/*;q=0.8"}),
+    ("GET", {}, {"X-Forwarded-Proto": "https"}),  # Talisman's HSTS
+    ("GET", {}, {"User-Agent": "Mozilla/5.0", "Referer": "https://shop.example/p/1"}),
+])
+def test_a_hit_is_answered_without_flask_exactly_as_flask_answers_it(cached, method, params,
+                                                                     headers):
+    _, client, flask_only, answered, url = cached(headers, **params)
+    lean = client.open(url, method=method, headers=headers)
+    assert answered == []
+    full = flask_only.open(url, method=method, headers=headers)
+    assert answered == ["/api/image"]
+    assert (lean.status, lean.get_data()) == (full.status, full.get_data())
+    assert lean.headers["X-Cache"] == "HIT" and headers_of(lean) == headers_of(full)
+    if method == "HEAD":
+        assert lean.get_data() == b"" and int(lean.headers["Content-Length"]) > 0
+    # One bucket for both paths: Flask's answer, one request later, has one less left.
+    assert int(full.headers["X-RateLimit-Remaining"]) == int(
+        lean.headers["X-RateLimit-Remaining"]) - 1
+
+
+def test_a_304_is_answered_without_flask_exactly_as_flask_answers_it(cached):
+    _, client, flask_only, answered, url = cached()
+    etag = client.get(url).headers["ETag"]
+    answered.clear()
+    for condition in (etag, "*", f'W/{etag}, "other"'):
+        lean = client.get(url, headers={"If-None-Match": condition})
+        full = flask_only.get(url, headers={"If-None-Match": condition})
+        assert lean.status_code == full.status_code == 304
+        assert headers_of(lean) == headers_of(full) and lean.get_data() == b""
+    assert answered == ["/api/image"] * 3  # the Flask-only client's three
+
+
+def test_every_other_request_is_left_to_flask(cached, upstream, jpeg_source):
+    app, client, _, answered, url = cached()
+    wrong_sig = url[:-4] + "AAAA"
+    cases = [
+        (signed(base(width="960")), {}, 200),  # a miss: Flask renders
+        (wrong_sig, {}, 403),
+        (url.replace("&", "&amp;"), {}, 400),
+        (url + "&x=1", {}, 400),
+        (url, {"Origin": "https://elsewhere.example"}, 200),  # CORS is Flask-CORS's
+    ]
+    for target, headers, status in cases:
+        answered.clear()
+        response = client.get(target, headers=headers)
+        assert (response.status_code, answered) == (status, ["/api/image"]), target
+        assert b"Traceback" not in response.get_data()
+
+
+def test_the_rate_limit_counts_each_request_once_on_either_path(env, upstream, jpeg_source):
+    app = create_app({**env, "QCIMAGE_IMAGE_RATE_LIMIT": "3 per minute"})
+    add_image(upstream, jpeg_source)
+    _, answered = spy(app)
+    client = app.test_client()
+    url = signed(base())
+    remaining = [client.get(url).headers["X-RateLimit-Remaining"] for _ in range(3)]
+    assert remaining == ["2", "1", "0"]
+    assert answered == ["/api/image"]  # the first, a miss; the two hits went past Flask
+    refused = client.get(url)
+    assert refused.status_code == 429 and refused.get_json()["error"] == "rate_limited"
+    assert answered == ["/api/image"] * 2  # Flask says why
+    other = client.get(url, environ_overrides={"REMOTE_ADDR": "10.9.9.9"})
+    assert other.status_code == 200 and other.headers["X-Cache"] == "HIT"
+
+
+def test_a_hit_writes_one_access_line_and_counts_in_the_metrics(cached):
+    app, client, _, answered, url = cached()
+    lines: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = lines.append
+    access = logging.getLogger("qcimage.access")
+    before = client.get("/metrics").get_data(as_text=True)
+    answered.clear()
+    access.addHandler(handler)
+    try:
+        response = client.get(url, headers={"X-Request-ID": "hit-1", "User-Agent": "ua/1"})
+    finally:
+        access.removeHandler(handler)
+    assert answered == []
+    assert len(lines) == 1
+    line = lines[0]
+    assert (line.request_id, line.route, line.status, line.cache, line.tenant) == (
+        "hit-1", "/api/image", 200, "hit", "default")
+    assert line.bytes == len(response.get_data()) and line.user_agent == "ua/1"
+    assert "sig=" not in json.dumps(line.__dict__, default=str)
+    after = client.get("/metrics").get_data(as_text=True)
+    counted = (("qcimage_http_requests_total", {"route": "/api/image", "status": "200"}),
+               ("qcimage_cache_requests_total", {"cache": "render", "result": "hit"}))
+    for name, labels in counted:
+        assert sample(after, name, **labels) - sample(before, name, **labels) == 1, name
+
+
+def test_a_fault_in_the_hit_path_costs_speed_not_the_answer(cached, monkeypatch):
+    app, client, _, answered, url = cached()
+
+    def broken(*args):
+        raise RuntimeError("limiter fell over")
+
+    monkeypatch.setattr(spy(app)[0], "_take_limit", broken)
+    answered = spy(app)[1]
+    response = client.get(url)
+    assert response.status_code == 200 and answered == ["/api/image"]
