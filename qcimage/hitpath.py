@@ -1,13 +1,15 @@
-"""The lean path: cache hits and 304s of ``GET /api/image`` answered ahead of Flask.
+"""The lean path: cache hits, 304s and shed misses of ``GET /api/image``, ahead of Flask.
 
 A hit is most of what a busy box answers, and through Flask most of its CPU went to the
 machinery around the view (request context, Flask-Limiter's limit resolution, response
 finalisation), not to the hit. Here a plain hit takes the same steps as the view, through
 the same code (``images.prepare``, the renderer's cache, the limiter's own storage and
 bucket, the app's access line and metrics) and answers with the same headers (Talisman's
-are read off Talisman itself once). Anything that is not a plain hit, an error of any
-kind included, goes on to Flask untouched, which answers it as it always did: a request
-is counted by the rate limit once, on whichever path answers it.
+are read off Talisman itself once). A miss that the worker's render queue would refuse
+is refused here too (503 ``overloaded``, Flask's JSON error): shedding load must cost
+little. Anything else, an error of any kind included, goes on to Flask untouched, which
+answers it as it always did: a request is counted by the rate limit once, on whichever
+path answers it.
 
 Left to Flask: requests with an ``Origin`` (CORS), tenants with several limits, a limiter
 whose storage is down (Flask-Limiter's fallback), plain HTTP when HTTPS is forced.
@@ -24,9 +26,10 @@ from urllib.parse import parse_qsl
 from flask import Flask
 from limits import parse_many
 from werkzeug.datastructures import ETags, MIMEAccept, MultiDict
-from werkzeug.http import parse_accept_header, parse_etags
+from werkzeug.http import HTTP_STATUS_CODES, parse_accept_header, parse_etags
 
 from . import metrics
+from .errors import error_body, log_service_error
 from .extensions import limiter, talisman
 from .images import ImageRequest, image, prepare, rate_limit_key, raw_path
 from .logs import record_request, request_id
@@ -99,32 +102,49 @@ class HitPath:
             raise NotPlain from error
         etags = parse_etags(environ["HTTP_IF_NONE_MATCH"]) if (
             "HTTP_IF_NONE_MATCH" in environ) else _NO_ETAGS
+        refusal = entry = None
         if ask.not_modified(etags):
-            entry, cache = None, "revalidated"
+            cache = "revalidated"
         else:
             entry, cache = self.services.renderer.cached(ask.job), "hit"
             if entry is None:
-                raise NotPlain  # a miss: Flask renders it
+                # A miss: Flask renders it, unless the worker's queue would refuse it
+                # anyway. Then it is refused here, at a fraction of the CPU, which is
+                # what a box shedding misses is short of.
+                slots = self.services.renderer.slots
+                if not slots.full():
+                    raise NotPlain
+                refusal, cache = slots.overloaded(), None
         client_ip = environ.get("REMOTE_ADDR") or "unknown"
-        headers = {**ask.headers, **self._take_limit(ask.tenant, client_ip)}
-        if entry is not None:
-            headers.update({"X-Cache": "HIT", "Content-Type": _content_type(entry.mime),
-                            "Content-Length": str(len(entry.data))})
+        limit = self._take_limit(ask.tenant, client_ip)
+        rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
+        if refusal is not None:
+            log_service_error(refusal)
+            response = self.app.json.response(error_body(refusal.code, refusal.message, rid))
+            status, data = refusal.status, response.get_data()
+            headers = {**refusal.headers, "Content-Type": response.content_type,
+                       "Content-Length": str(len(data)), **limit, "Cache-Control": "no-store"}
+        elif entry is not None:
+            status, data = 200, entry.data
+            headers = {**ask.headers, **limit, "X-Cache": "HIT",
+                       "Content-Type": _content_type(entry.mime),
+                       "Content-Length": str(len(data))}
+        else:
+            status, data, headers = 304, b"", {**ask.headers, **limit}
         # Talisman sets its headers over the view's (X-Content-Type-Options is in both).
         headers.update(self.security[secure])
-        rid = headers["X-Request-ID"] = request_id(environ.get("HTTP_X_REQUEST_ID"))
+        headers["X-Request-ID"] = rid
         method = environ["REQUEST_METHOD"]
-        body = [] if entry is None or method == "HEAD" else [entry.data]
-        status = 304 if entry is None else 200
         record_request({
             "method": method, "route": IMAGE_PATH, "path": IMAGE_PATH, "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-            "bytes": 0 if entry is None else len(entry.data), "client_ip": client_ip,
+            "bytes": len(data), "client_ip": client_ip,
             "user_agent": environ.get("HTTP_USER_AGENT"), "tenant": ask.tenant.name,
             "api_key": None, "cache": cache, "upstream_ms": None, "render_ms": None,
             "request_id": rid,
         })
-        return ("304 NOT MODIFIED" if entry is None else "200 OK"), list(headers.items()), body
+        body = [data] if data and method != "HEAD" else []
+        return f"{status} {HTTP_STATUS_CODES[status].upper()}", list(headers.items()), body
 
     def _take_limit(self, tenant: Tenant, client_ip: str) -> dict[str, str]:
         """Count the request in the bucket Flask-Limiter uses for it; the X-RateLimit-*

@@ -173,3 +173,25 @@ def test_a_fault_in_the_hit_path_costs_speed_not_the_answer(cached, monkeypatch)
     answered = spy(app)[1]
     response = client.get(url)
     assert response.status_code == 200 and answered == ["/api/image"]
+
+
+def test_a_miss_the_full_queue_refuses_is_refused_without_flask_as_flask_refuses_it(
+        env, upstream, jpeg_source):
+    app = create_app({**env, "QCIMAGE_RENDER_QUEUE": "1"})
+    add_image(upstream, jpeg_source)
+    hit_path, answered = spy(app)
+    client, flask_only = app.test_client(), FlaskOnly(hit_path.next)
+    miss = signed(base(width="960"))
+    with app.extensions["qcimage"].renderer.slots.admit():  # the one place is taken
+        lean = client.get(miss, headers={"X-Request-ID": "shed-1"})
+        assert answered == []
+        full = flask_only.get(miss, headers={"X-Request-ID": "shed-1"})
+        assert answered == ["/api/image"]
+    assert lean.status_code == full.status_code == 503
+    assert lean.get_json() == full.get_json()
+    assert lean.get_json()["error"] == "overloaded" and lean.get_json()["requestId"] == "shed-1"
+    assert headers_of(lean) == headers_of(full)
+    assert lean.headers["Retry-After"] == "1" and lean.headers["Cache-Control"] == "no-store"
+    assert len(upstream.calls) == 0
+    # Room again: the miss goes to Flask and is rendered.
+    assert client.get(miss).headers["X-Cache"] == "MISS" and answered[-1] == "/api/image"

@@ -14,6 +14,7 @@ from . import ServiceError
 from .cache import Entry, LookupCache, RenderCache, SourceCache
 from .imaging import RenderSpec, UnsupportedImage
 from .imaging.probe import Probe, probe
+from .renderpool import RenderPool
 from .slots import RenderSlots
 from .takedown import TakedownList
 from .upstream import DoppelClient, Source
@@ -131,7 +132,8 @@ class ImageRenderer:
 
     def __init__(self, client: DoppelClient, cache: RenderCache, engine: ImagingEngine, *,
                  source: SourcePolicy, watermark_fingerprint: str, takedowns: TakedownList,
-                 sources: SourceCache | None = None, slots: RenderSlots | None = None):
+                 sources: SourceCache | None = None, slots: RenderSlots | None = None,
+                 pool: RenderPool | None = None):
         self.client = client
         self.cache = cache
         self.engine = engine
@@ -140,6 +142,7 @@ class ImageRenderer:
                                               wait_timeout=cache.flight.wait_timeout)
         self.slots = slots or RenderSlots(slots=1, queue=1024,
                                           slot_timeout=cache.flight.wait_timeout)
+        self.pool = pool or RenderPool(size=self.slots.slots, nice=0)
         self.takedowns = takedowns
         # Everything outside the request that changes the bytes: a new watermark, a new
         # ImageMagick or a new pipeline never serves an old render. Each tenant's renders
@@ -235,8 +238,8 @@ class ImageRenderer:
             with self.slots.render_slot():
                 started = time.perf_counter()
                 try:
-                    rendered = self.engine.render(source.data, job.spec, probed,
-                                                  job.brand.painter if job.brand else None)
+                    rendered = self.pool.run(self.engine.render, source.data, job.spec,
+                                             probed, job.brand.painter if job.brand else None)
                 except ServiceError:
                     # Not an image, truncated, too many pixels: nobody may render it again.
                     self.sources.forget(source_key)

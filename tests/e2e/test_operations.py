@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -22,6 +23,17 @@ def json_lines(text: str) -> list[dict]:
     return lines
 
 
+def thread_nices(pid: int) -> set[int]:
+    """The nice values of a process's threads (field 19 of /proc/PID/task/TID/stat)."""
+    values = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            values.add(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
+        except (OSError, IndexError, ValueError):
+            pass  # the thread ended meanwhile
+    return values
+
+
 def test_every_log_line_is_json_with_request_fields(qcimage_server):
     server = qcimage_server(workers=2)
     headers = {"X-API-Key": server.api_key, "X-Request-ID": "ops-test-1"}
@@ -29,6 +41,9 @@ def test_every_log_line_is_json_with_request_fields(qcimage_server):
     image_url = body["images"][0]["watermarked"]
     requests.get(image_url, timeout=60)
     requests.get(server.url + "/api/qc-images?id=1", headers={"X-API-Key": "bad"}, timeout=10)
+    # The worker that rendered did so on a thread niced below its request threads.
+    nices = [thread_nices(pid) for pid in server.worker_pids()]
+    assert any(10 in n and 0 in n for n in nices), nices
     time.sleep(0.5)
     server.stop()
     text = server.log_text()
