@@ -10,6 +10,7 @@ with one block listing every problem before any worker is forked.
 | QCIMAGE_BIND                  | 127.0.0.1:8000 (comma-separate more) |
 | QCIMAGE_WORKERS               | usable cores (at least 2, at most 12)|
 | QCIMAGE_THREADS               | 64 (gthread workers; 1: sync)        |
+| QCIMAGE_HEAD_TIMEOUT          | 10 (seconds for a request's head)    |
 | QCIMAGE_WORKER_TIMEOUT        | 30 (seconds)                         |
 | QCIMAGE_GRACEFUL_TIMEOUT      | 30 (seconds)                         |
 | QCIMAGE_KEEPALIVE             | 5 (seconds)                          |
@@ -149,6 +150,12 @@ workers = env_int("QCIMAGE_WORKERS", default_workers(), 1, 256)
 # so the app sizes its upstream connection pool and render queue to it.
 threads = env_int("QCIMAGE_THREADS", DEFAULT_THREADS, 1, 256)
 os.environ["QCIMAGE_THREADS"] = str(threads)
+# gthread, but a request gets a thread only once its whole head has arrived: clients that
+# send half a request and stall cannot take every thread (qcimage/gworker.py). A head not
+# complete within QCIMAGE_HEAD_TIMEOUT seconds closes its connection.
+worker_class = "qcimage.gworker.HeadFirstWorker" if threads > 1 else "sync"
+HEAD_TIMEOUT = env_int("QCIMAGE_HEAD_TIMEOUT", 10, 1, 300)
+os.environ["QCIMAGE_HEAD_TIMEOUT"] = str(HEAD_TIMEOUT)
 # The timeout is what kills a worker stuck in a pathological decode; 0 (never)
 # is therefore refused.
 timeout = env_int("QCIMAGE_WORKER_TIMEOUT", 30, 1, 3600)
@@ -331,7 +338,8 @@ def _recycle_turn():
 def post_request(worker, req, environ, resp):
     # Recycle by memory, one worker at a time: the others carry its share while it
     # finishes its requests and a fresh one boots, so no p99 spike from all at once.
-    if WORKER_MAX_RSS and _rss_check_due(worker) and _rss_bytes() > WORKER_MAX_RSS and _recycle_turn():
+    if (WORKER_MAX_RSS and _rss_check_due(worker) and _rss_bytes() > WORKER_MAX_RSS
+            and _recycle_turn()):
         worker.log.warning("worker %s uses more than %d MB; recycling it", worker.pid,
                            WORKER_MAX_RSS // (1024 * 1024))
         worker.alive = False

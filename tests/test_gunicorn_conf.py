@@ -21,7 +21,7 @@ ENV_NAMES = (
     "QCIMAGE_BIND", "QCIMAGE_WORKERS", "QCIMAGE_THREADS", "QCIMAGE_WORKER_TIMEOUT",
     "QCIMAGE_GRACEFUL_TIMEOUT", "QCIMAGE_KEEPALIVE", "QCIMAGE_MAX_REQUESTS",
     "QCIMAGE_MAX_REQUESTS_JITTER", "QCIMAGE_ACCESS_LOG", "QCIMAGE_LOG_LEVEL",
-    "QCIMAGE_FORWARDED_ALLOW_IPS", "QCIMAGE_CONTROL_SOCKET",
+    "QCIMAGE_FORWARDED_ALLOW_IPS", "QCIMAGE_CONTROL_SOCKET", "QCIMAGE_HEAD_TIMEOUT",
 )
 
 
@@ -129,6 +129,8 @@ def test_worker_heartbeat_lives_in_shared_memory_when_there_is_one(load_conf, mo
      ["unix:/run/qcimage.sock", "[::1]:8001"]),
     ("QCIMAGE_WORKERS", "3", "workers", 3),
     ("QCIMAGE_THREADS", "4", "threads", 4),
+    ("QCIMAGE_THREADS", "1", "worker_class", "sync"),
+    ("QCIMAGE_HEAD_TIMEOUT", "3", "HEAD_TIMEOUT", 3),
     ("QCIMAGE_WORKER_TIMEOUT", "60", "timeout", 60),
     ("QCIMAGE_GRACEFUL_TIMEOUT", "10", "graceful_timeout", 10),
     ("QCIMAGE_KEEPALIVE", "0", "keepalive", 0),
@@ -168,6 +170,7 @@ def test_blank_values_mean_the_default(load_conf):
     ("QCIMAGE_WORKER_TIMEOUT", "0"),
     ("QCIMAGE_GRACEFUL_TIMEOUT", "soon"),
     ("QCIMAGE_KEEPALIVE", "-5"),
+    ("QCIMAGE_HEAD_TIMEOUT", "0"),
     ("QCIMAGE_MAX_REQUESTS", "1e3"),
     ("QCIMAGE_MAX_REQUESTS_JITTER", "-1"),
     ("QCIMAGE_BIND", "8000"),
@@ -198,7 +201,7 @@ def test_gunicorn_accepts_every_value_and_knows_every_name(load_conf):
     assert ours == set(settings(conf)) - hooks
     for name, value in settings(conf).items():
         config.set(name, value)
-    assert config.worker_class_str == "gthread"
+    assert config.worker_class_str == "qcimage.gworker.HeadFirstWorker"
     assert config.address == [("127.0.0.1", 8000)]
 
 
