@@ -13,7 +13,7 @@ from werkzeug.wrappers import Response
 
 from qcimage import create_app
 from qcimage.hitpath import HitPath
-from tests.conftest import add_image
+from tests.conftest import API_KEY, add_image, add_product
 from tests.test_images import base, signed
 from tests.test_metrics import sample
 
@@ -195,3 +195,74 @@ def test_a_miss_the_full_queue_refuses_is_refused_without_flask_as_flask_refuses
     assert len(upstream.calls) == 0
     # Room again: the miss goes to Flask and is rendered.
     assert client.get(miss).headers["X-Cache"] == "MISS" and answered[-1] == "/api/image"
+
+
+@pytest.fixture
+def warm_lookup(env, upstream):
+    """(app, client, its Flask-only client, Flask's answers, look-up path): cache warm."""
+    def make(**extra_env):
+        app = create_app({**env, **extra_env})
+        add_product(upstream, ids=("n4EYdIoE", "cR-eVGrQ"))
+        hit_path, answered = spy(app)
+        client = app.test_client()
+        path = "/api/qc-images?id=7494645791&storePlatform=WEIDIAN&width=480"
+        assert client.get(path, headers={"X-API-Key": API_KEY}).status_code == 200
+        assert answered == ["/api/qc-images"]  # the miss: Flask asked upstream
+        answered.clear()
+        return app, client, FlaskOnly(hit_path.next), answered, path
+    return make
+
+
+@pytest.mark.parametrize("method, headers", [
+    ("GET", {"X-API-Key": API_KEY}),
+    ("GET", {"Authorization": f"Bearer {API_KEY}", "X-Forwarded-Proto": "https"}),
+    ("HEAD", {"X-API-Key": API_KEY}),
+])
+def test_a_cached_lookup_is_answered_without_flask_exactly_as_flask_answers_it(
+        warm_lookup, upstream, method, headers):
+    _, client, flask_only, answered, path = warm_lookup()
+    lean = client.open(path, method=method, headers=headers)
+    assert answered == []
+    full = flask_only.open(path, method=method, headers=headers)
+    assert answered == ["/api/qc-images"]
+    assert (lean.status_code, lean.get_data()) == (full.status_code, full.get_data())
+    assert headers_of(lean) == headers_of(full)
+    assert int(full.headers["X-RateLimit-Remaining"]) == int(
+        lean.headers["X-RateLimit-Remaining"]) - 1
+    if method == "GET":
+        assert [i["original"] for i in lean.get_json()["images"]] == ["n4EYdIoE", "cR-eVGrQ"]
+    assert len(upstream.calls) == 1  # the first look-up's only
+
+
+def test_lookups_the_cache_cannot_answer_or_that_fail_are_left_to_flask(warm_lookup, upstream):
+    app, client, _, answered, path = warm_lookup()
+    add_product(upstream, product_id="111", ids=("L1ghTw9Q",))
+    cases = [
+        (path, {}, 401),
+        (path, {"X-API-Key": "wrong-key-0123456789"}, 403),
+        (path + "&apikey=x", {"X-API-Key": API_KEY}, 400),
+        (path + "&width=7", {"X-API-Key": API_KEY}, 400),
+        (path, {"X-API-Key": API_KEY, "Origin": "https://elsewhere.example"}, 200),
+        ("/api/qc-images?id=111", {"X-API-Key": API_KEY}, 200),  # not cached yet
+    ]
+    for target, headers, status in cases:
+        answered.clear()
+        response = client.get(target, headers=headers)
+        assert (response.status_code, answered) == (status, ["/api/qc-images"]), target
+
+
+def test_a_cached_lookup_counts_in_the_lookup_bucket_once(warm_lookup):
+    app, client, _, answered, path = warm_lookup(QCIMAGE_LOOKUP_RATE_LIMIT="3 per minute")
+    remaining = [client.get(path, headers={"X-API-Key": API_KEY}).headers["X-RateLimit-Remaining"]
+                 for _ in range(2)]
+    assert remaining == ["1", "0"] and answered == []
+    refused = client.get(path, headers={"X-API-Key": API_KEY})
+    assert refused.status_code == 429 and answered == ["/api/qc-images"]
+
+
+def test_a_taken_down_image_leaves_a_cached_lookup_at_once(warm_lookup, monkeypatch):
+    app, client, _, answered, path = warm_lookup()
+    takedowns = app.extensions["qcimage"].takedowns
+    monkeypatch.setattr(takedowns, "current", lambda: frozenset({"n4EYdIoE"}))
+    body = client.get(path, headers={"X-API-Key": API_KEY}).get_json()
+    assert [i["original"] for i in body["images"]] == ["cR-eVGrQ"] and answered == []

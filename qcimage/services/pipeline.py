@@ -53,6 +53,18 @@ class ProductLookup:
         ids, status = self._image_ids(product_id, platform, tenant)
         return self.takedowns.without(ids), status
 
+    def cached_image_ids(self, product_id: str, platform: str) -> list[str] | None:
+        """The image ids when a fresh look-up is cached, else None; counted by the caller
+        with ``count_hit`` once it answers with them."""
+        cached = self.cache.get(f"{platform}:{product_id}")
+        if cached is None or not cached[1]:
+            return None
+        return self.takedowns.without(cached[0])
+
+    @staticmethod
+    def count_hit(tenant: str) -> None:
+        metrics.CACHE_REQUESTS.labels("lookup", "hit", tenant).inc()
+
     def _image_ids(self, product_id: str, platform: str,
                    tenant: str) -> tuple[list[str], str]:
         key = f"{platform}:{product_id}"
