@@ -20,6 +20,7 @@ whose storage is down (Flask-Limiter's fallback), plain HTTP when HTTPS is force
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -27,6 +28,8 @@ from urllib.parse import parse_qsl
 
 from flask import Flask
 from limits import parse_many
+from limits.errors import StorageError
+from redis.exceptions import RedisError
 from werkzeug.datastructures import ETags, MIMEAccept, MultiDict
 from werkzeug.http import HTTP_STATUS_CODES, parse_accept_header, parse_etags
 
@@ -50,6 +53,10 @@ _IMAGE_SCOPE = f"{images.bp.name}.{images.image.__name__}"
 _LOOKUP_SCOPE = "lookup"
 _NO_ETAGS = ETags()
 _EMPTY_ACCEPT = MIMEAccept()
+
+
+# How the caches and the limiter's storage fail when what is behind them is unreachable.
+_BACKING_FAILURES = (RedisError, OSError, sqlite3.Error, StorageError)
 
 
 class NotPlain(Exception):
@@ -92,7 +99,9 @@ class HitPath:
                 raise NotPlain  # Talisman redirects it
             answer = route(environ, _query(environ))
             status, headers, body = self._respond(environ, started, secure, answer)
-        except NotPlain:
+        except (NotPlain, *_BACKING_FAILURES):
+            # A backing service down (Redis, the cache folder): Flask meets it too and
+            # degrades as designed, logging the outage once; nothing to add here.
             status = None
         except Exception:  # a bug here must cost speed, never an answer
             log.exception("lean path failed; Flask answers this request")

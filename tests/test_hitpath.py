@@ -8,6 +8,7 @@ import json
 import logging
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from werkzeug.test import Client
 from werkzeug.wrappers import Response
 
@@ -163,16 +164,30 @@ def test_a_hit_writes_one_access_line_and_counts_in_the_metrics(cached):
         assert sample(after, name, **labels) - sample(before, name, **labels) == 1, name
 
 
-def test_a_fault_in_the_hit_path_costs_speed_not_the_answer(cached, monkeypatch):
+@pytest.mark.parametrize("fault, logged", [
+    (RuntimeError("a bug"), True),
+    (RedisConnectionError("Redis is down"), False),  # Flask meets it and says so once
+    (OSError("the cache folder went away"), False),
+])
+def test_a_fault_in_the_hit_path_costs_speed_not_the_answer(cached, monkeypatch, fault,
+                                                            logged):
     app, client, _, answered, url = cached()
 
     def broken(*args):
-        raise RuntimeError("limiter fell over")
+        raise fault
 
     monkeypatch.setattr(spy(app)[0], "_take_limit", broken)
     answered = spy(app)[1]
-    response = client.get(url)
+    lines: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = lines.append
+    logging.getLogger("qcimage.hitpath").addHandler(handler)
+    try:
+        response = client.get(url)
+    finally:
+        logging.getLogger("qcimage.hitpath").removeHandler(handler)
     assert response.status_code == 200 and answered == ["/api/image"]
+    assert bool(lines) is logged
 
 
 def test_a_miss_the_full_queue_refuses_is_refused_without_flask_as_flask_refuses_it(
