@@ -148,6 +148,9 @@ def register_extensions(app: Flask, settings: Settings) -> None:
                   expose_headers=["X-Request-ID", "ETag", "Retry-After", "X-Cache"],
                   max_age=600)
     limiter.init_app(app)
+    # The extension object is the module's, shared by every app this process builds (the
+    # tests build many): an earlier app's storage outage must not outlive its storage.
+    limiter._storage_dead = False
 
 
 def register_middleware(app: Flask, settings: Settings) -> None:
