@@ -116,7 +116,16 @@ class HeadFirstWorker(ThreadWorker):
             # to close first (util.close_graceful): every client that keeps its end open
             # stalled the worker's whole event loop for that long. Here, in this thread.
             conn.close(graceful=True)
+            conn.qcimage_closed = True
         return keepalive
+
+    def finish_request(self, conn, fs):
+        if getattr(conn, "qcimage_closed", False):
+            # Closed by its thread: only the count is left (closing again would fail,
+            # and gthread would then count the connection out twice).
+            self.nr_conns -= 1
+            return
+        super().finish_request(conn, fs)
 
     def murder_pending(self):
         super().murder_pending()
