@@ -1,7 +1,8 @@
 """qcimage: watermarked, web-ready images from marketplace QC photos.
 
-``create_app`` reads like a table of contents: settings, logging, proxies, services,
-request hooks, extensions, blueprints (each with its guard), error handlers, commands.
+``create_app`` reads like a table of contents: settings, logging, services, request
+hooks, extensions, blueprints (each with its guard), error handlers, commands, then the
+middleware around Flask (the hit path for cached images, the trusted proxies).
 Its ``register_*`` steps import what they wire only when called: the gunicorn master
 imports this package for ``startup_report`` and must not load the app (nor ImageMagick)
 before it forks the workers.
@@ -50,12 +51,6 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     from .logs import configure_logging
 
     configure_logging(settings.logging.format)
-    # Before everything else reads remote_addr / scheme: trust only configured proxies.
-    if settings.trusted_proxies:
-        from .proxies import TrustedProxyFix
-
-        app.wsgi_app = TrustedProxyFix(app.wsgi_app, hops=settings.trusted_proxies,
-                                       allowed=settings.forwarded_allow)
     app.extensions["qcimage"] = build_services(settings, Path(app.instance_path))
     # Hooks first: Flask-Limiter's own before_request answers 429s, and those answers
     # need the request id (and the access line) too.
@@ -64,6 +59,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     register_blueprints(app, settings)
     register_error_handlers(app)
     register_commands(app)
+    register_middleware(app, settings)
     if settings.demo_secrets:
         log.warning("development mode: demo API key %s", settings.demo_secrets["api_key"])
     return app
@@ -152,6 +148,22 @@ def register_extensions(app: Flask, settings: Settings) -> None:
                   expose_headers=["X-Request-ID", "ETag", "Retry-After", "X-Cache"],
                   max_age=600)
     limiter.init_app(app)
+    # The extension object is the module's, shared by every app this process builds (the
+    # tests build many): an earlier app's storage outage must not outlive its storage.
+    limiter._storage_dead = False
+
+
+def register_middleware(app: Flask, settings: Settings) -> None:
+    """Around Flask: the hit path for cached images, then (outermost, so before everything
+    reads remote_addr or the scheme) the forwarded headers of the configured proxies only."""
+    from .hitpath import install
+
+    install(app)
+    if settings.trusted_proxies:
+        from .proxies import TrustedProxyFix
+
+        app.wsgi_app = TrustedProxyFix(app.wsgi_app, hops=settings.trusted_proxies,
+                                       allowed=settings.forwarded_allow)
 
 
 def register_request_hooks(app: Flask) -> None:

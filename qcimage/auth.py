@@ -18,6 +18,11 @@ _QUERY_KEY_NAMES = frozenset({"apikey", "api_key", "api-key", "key", "token", "a
                               "x-api-key"})
 
 
+# Where the lean path (hitpath.py) leaves the key it resolved, for Flask to reuse. A WSGI
+# environ name a client cannot set: request headers arrive as HTTP_*.
+RESOLVED_KEY = "qcimage.resolved_key"
+
+
 def new_api_key() -> str:
     """A fresh client key: 32 random bytes, URL-safe."""
     return "qci_" + secrets.token_urlsafe(32)
@@ -25,13 +30,22 @@ def new_api_key() -> str:
 
 def presented_key() -> str | None:
     """The key sent in ``X-API-Key`` or ``Authorization: Bearer``, if any."""
-    key = request.headers.get("X-API-Key")
-    if key:
-        return key.strip()
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return key_in(request.headers.get("X-API-Key"), request.headers.get("Authorization"))
+
+
+def key_in(x_api_key: str | None, authorization: str | None) -> str | None:
+    """The key these two headers present, if any (X-API-Key first)."""
+    if x_api_key:
+        return x_api_key.strip()
+    scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return None
+
+
+def key_in_query(names) -> bool:
+    """Whether a query string tries to pass a key (refused: query strings reach logs)."""
+    return any(name.lower() in _QUERY_KEY_NAMES for name in names)
 
 
 def request_key() -> tuple[Tenant, str] | None:
@@ -41,9 +55,12 @@ def request_key() -> tuple[Tenant, str] | None:
     comparing against every configured key twice per request would be waste.
     """
     if "api_key_resolved" not in g:
-        key = presented_key()
-        g.api_key_resolved = (current_services().settings.tenants.resolve_key(key)
-                              if key else None)
+        if RESOLVED_KEY in request.environ:  # the lean path resolved it before Flask
+            g.api_key_resolved = request.environ[RESOLVED_KEY]
+        else:
+            key = presented_key()
+            g.api_key_resolved = (current_services().settings.tenants.resolve_key(key)
+                                  if key else None)
     return g.api_key_resolved
 
 
@@ -51,7 +68,7 @@ def require_api_key() -> None:
     """before_request hook: set ``g.tenant`` and ``g.api_key_name`` or refuse with 400/401/403."""
     if request.method == "OPTIONS":
         return  # CORS preflights carry no credentials by design; they reach no view.
-    if any(name.lower() in _QUERY_KEY_NAMES for name in request.args):
+    if key_in_query(request.args):
         raise APIError(400, "api_key_in_query",
                        "API keys are not accepted in the query string (they end up in logs); "
                        "send the X-API-Key header instead")

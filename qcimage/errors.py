@@ -43,13 +43,24 @@ class APIError(ServiceError):
         return self._headers
 
 
-def error_response(status: int, code: str, message: str, *, details: dict | None = None,
-                   headers: dict[str, str] | None = None) -> Response:
+def error_body(code: str, message: str, request_id: str | None,
+               details: dict | None = None) -> dict:
+    """The JSON error shape (README, 'Errors')."""
     body = {"success": False, "error": code, "message": message}
     if details:
         body["details"] = details
-    body["requestId"] = g.get("request_id")
-    response = jsonify(body)
+    body["requestId"] = request_id
+    return body
+
+
+def log_service_error(error: ServiceError) -> None:
+    if error.status >= 500:
+        log.warning("service error %s: %s", error.code, error.message)
+
+
+def error_response(status: int, code: str, message: str, *, details: dict | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    response = jsonify(error_body(code, message, g.get("request_id"), details))
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -71,8 +82,7 @@ def _rate_limit_headers() -> dict[str, str]:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def handle_service_error(error: ServiceError):
-        if error.status >= 500:
-            log.warning("service error %s: %s", error.code, error.message)
+        log_service_error(error)
         return error_response(error.status, error.code, error.message, details=error.details,
                               headers=error.headers)
 

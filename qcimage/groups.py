@@ -60,6 +60,7 @@ class WorkerSettings:
     threads: int
     render_slots: int
     render_queue: int
+    render_nice: int
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,9 @@ def read_workers(reader: EnvReader) -> WorkerSettings:
         render_slots=reader.int("RENDER_SLOTS", 2, 1, 64),
         # Leave threads for hits, 304s, look-ups and /health when misses pile up.
         render_queue=reader.int("RENDER_QUEUE", max(1, threads - 8), 1, 4096),
+        # Renders yield the CPU to requests (services/renderpool.py); 0 renders in the
+        # request's own thread at its priority.
+        render_nice=reader.int("RENDER_NICE", 10, 0, 19),
     )
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from flask import Blueprint, Response, g, request
+from werkzeug.datastructures import ETags, MIMEAccept, MultiDict
 
 from .errors import APIError, error_response
 from .extensions import client_ip, limiter
@@ -15,7 +17,7 @@ from .services.signing import SIGNED_PARAMS, URL_PARAMS, canonical_image_url
 from .tenants import Tenant
 from .services.takedown import TakenDown
 from .vocabulary import OUTPUT_FORMATS
-from .wiring import current_services
+from .wiring import Services, current_services
 
 bp = Blueprint("images", __name__)
 _query = ImageQuerySchema()
@@ -33,15 +35,19 @@ def _rate_limit() -> str:
     return tenant.image_limit if tenant else current_services().settings.limits.image
 
 
+def rate_limit_key(tenant: Tenant | None, ip: str) -> str:
+    """The limiter's bucket of an image request: per tenant named (or "-") and client IP."""
+    return f"{tenant.name if tenant else '-'}/{ip}"
+
+
 def _rate_limit_key() -> str:
-    tenant = _named_tenant()
-    return f"{tenant.name if tenant else '-'}/{client_ip()}"
+    return rate_limit_key(_named_tenant(), client_ip())
 
 
 limiter.limit(_rate_limit, key_func=_rate_limit_key, methods=["GET", "HEAD"])(bp)
 
 
-def negotiate(requested: str, preferences: tuple[str, ...]) -> str:
+def negotiate(requested: str, preferences: tuple[str, ...], accept: MIMEAccept) -> str:
     """``auto``: the first preferred format the client lists explicitly in ``Accept``.
 
     Only explicit types count: ``*/*`` says nothing about WebP support. The last
@@ -49,14 +55,14 @@ def negotiate(requested: str, preferences: tuple[str, ...]) -> str:
     """
     if requested != "auto":
         return requested
-    accepted = {value.lower() for value, quality in request.accept_mimetypes if quality > 0}
+    accepted = {value.lower() for value, quality in accept if quality > 0}
     for fmt in preferences[:-1]:
         if OUTPUT_FORMATS[fmt] in accepted:
             return fmt
     return preferences[-1]
 
 
-def _caching_headers(args: dict, etag: str, shared_ttl: int) -> dict[str, str]:
+def caching_headers(args: dict, etag: str, shared_ttl: int) -> dict[str, str]:
     max_age = _MAX_AGE
     if args["expires"] is not None:
         max_age = max(0, min(_MAX_AGE, args["expires"] - int(time.time())))
@@ -79,31 +85,67 @@ def _caching_headers(args: dict, etag: str, shared_ttl: int) -> dict[str, str]:
     return headers
 
 
-def _require_canonical_url() -> None:
+@dataclass(frozen=True)
+class ImageRequest:
+    """What a request for an image comes to once every check passed: the view and the hit
+    path (``hitpath``) both work it out with ``prepare``."""
+
+    args: dict
+    tenant: Tenant
+    job: RenderJob
+    etag: str
+    headers: dict[str, str]
+
+    def not_modified(self, if_none_match: ETags) -> bool:
+        return if_none_match.contains_weak(self.etag.strip('"')) or if_none_match.star_tag
+
+
+def prepare(services: Services, query: MultiDict, raw_path: str, raw_query: str,
+            referer: str | None, accept: MIMEAccept) -> ImageRequest:
+    """Check an image request and say what it asks for; raises the APIError or
+    ServiceError (403, 410, 451...) that refuses it. Reads no Flask state."""
+    args = load_query(_query, query)
+    services.signer.verify({name: query.get(name) for name in SIGNED_PARAMS}, args["sig"])
+    _require_canonical_url(query, raw_path, raw_query)
+    # Before the 304: a shared cache revalidating its copy must hear of the takedown.
+    services.takedowns.check(args["url"])
+    tenant = _signed_tenant(services, args["t"], referer)
+    fmt = negotiate(args["format"], services.settings.imaging.auto_formats, accept)
+    job = RenderJob(args["url"], RenderSpec(args["width"], args["quality"], fmt),
+                    brand=services.brands[tenant.name])
+    etag = services.renderer.etag(job)
+    return ImageRequest(args, tenant, job, etag,
+                        caching_headers(args, etag, services.settings.cache.shared_cache_ttl))
+
+
+def raw_path(environ: dict) -> str:
+    """The path as sent. QUERY_STRING is always the raw query; the raw path only survives
+    in RAW_URI or REQUEST_URI (gunicorn sets both), else the decoded path is all there is."""
+    raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    return raw_uri.split("?", 1)[0] if raw_uri else environ.get("PATH_INFO", "")
+
+
+def _require_canonical_url(query: MultiDict, path: str, raw_query: str) -> None:
     """400 unless the URL is, byte for byte, the one a look-up wrote for these values.
 
     Reordered or percent-encoded parameters, a trailing ``&``, ``//api/image`` or
     ``/api/%69mage`` would serve the same bytes under another URL: another entry in
     every cache in front. Checked on the request as sent, before any decoding.
     """
-    canonical = canonical_image_url({name: request.args.get(name) for name in URL_PARAMS})
-    # QUERY_STRING is always the raw query; the raw path only survives in RAW_URI or
-    # REQUEST_URI (gunicorn sets both), else the decoded path is all there is.
-    raw_uri = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
-    raw_path = raw_uri.split("?", 1)[0] if raw_uri else request.path
-    if f"{raw_path}?{request.query_string.decode('latin-1')}" != canonical:
+    canonical = canonical_image_url({name: query.get(name) for name in URL_PARAMS})
+    if f"{path}?{raw_query}" != canonical:
         raise APIError(400, "non_canonical_url",
                        f"use the image URL exactly as the look-up returned it: {canonical} "
                        "(parameters in that order, nothing added, re-encoded or reordered)")
 
 
-def _signed_tenant(name: str | None) -> Tenant:
+def _signed_tenant(services: Services, name: str | None, referer: str | None) -> Tenant:
     """The tenant a verified link names, if it may be shown on the page asking."""
-    tenant = current_services().settings.tenants.get(name)
+    tenant = services.settings.tenants.get(name)
     if tenant is None:
         raise APIError(403, "unknown_tenant", "this image link belongs to a site that is not "
                        "configured here (any more); look the product up again")
-    if not tenant.allows_referrer(request.headers.get("Referer")):
+    if not tenant.allows_referrer(referer):
         raise APIError(403, "hotlink_refused", "this image may only be shown on the pages of "
                        "the site it was made for")
     return tenant
@@ -121,24 +163,17 @@ def taken_down(error: TakenDown):
 
 @bp.get("/api/image")
 def image():
-    args = load_query(_query, request.args)
     services = current_services()
-    services.signer.verify({name: request.args.get(name) for name in SIGNED_PARAMS}, args["sig"])
-    _require_canonical_url()
-    # Before the 304: a shared cache revalidating its copy must hear of the takedown.
-    services.takedowns.check(args["url"])
-    g.tenant = _signed_tenant(args["t"])
-    fmt = negotiate(args["format"], services.settings.imaging.auto_formats)
-    job = RenderJob(args["url"], RenderSpec(args["width"], args["quality"], fmt),
-                    brand=services.brands[g.tenant.name])
-    etag = services.renderer.etag(job)
-    headers = _caching_headers(args, etag, services.settings.cache.shared_cache_ttl)
-    if request.if_none_match.contains_weak(etag.strip('"')) or request.if_none_match.star_tag:
+    ask = prepare(services, request.args, raw_path(request.environ),
+                  request.query_string.decode("latin-1"), request.headers.get("Referer"),
+                  request.accept_mimetypes)
+    g.tenant = ask.tenant
+    if ask.not_modified(request.if_none_match):
         g.cache_status = "revalidated"
-        return Response(status=304, headers=headers)
-    result = services.renderer.render(job)
+        return Response(status=304, headers=ask.headers)
+    result = services.renderer.render(ask.job)
     g.cache_status = "hit" if result.cached else "miss"
     g.upstream_ms = result.upstream_ms
     g.render_ms = result.render_ms
-    headers["X-Cache"] = "HIT" if result.cached else "MISS"
+    headers = {**ask.headers, "X-Cache": "HIT" if result.cached else "MISS"}
     return Response(result.entry.data, status=200, mimetype=result.entry.mime, headers=headers)

@@ -55,43 +55,54 @@ def configure_logging(log_format: str) -> None:
     logging.getLogger("flask-limiter").filters[:] = [_limiter_outages_only]
 
 
+def request_id(incoming: str | None) -> str:
+    """A valid incoming ``X-Request-ID``, else a fresh one."""
+    return incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
 def assign_request_id() -> None:
     """before_request: start the clock, count the request in flight, give it an id."""
     g.started = time.perf_counter()
     metrics.IN_FLIGHT.inc()
     g.in_flight = True
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    g.request_id = request_id(request.headers.get("X-Request-ID"))
 
 
 def log_request(response: Response) -> Response:
     """after_request: echo the id, write the access-log line, count the request."""
     response.headers["X-Request-ID"] = g.get("request_id", "")
     started = g.get("started")
-    duration = round((time.perf_counter() - started) * 1000, 2) if started else None
     tenant = g.tenant.name if g.get("tenant") else ""
-    fields = {
+    record_request({
         "method": request.method,
         "route": request.url_rule.rule if request.url_rule else None,
         "path": request.path,
         "status": response.status_code,
-        "duration_ms": duration,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
         "bytes": response.calculate_content_length(),
         "client_ip": request.remote_addr,
+        "user_agent": request.headers.get("User-Agent"),
         "tenant": tenant or None,
         "api_key": g.get("api_key_name"),
         "cache": g.get("cache_status"),
         "upstream_ms": _ms(g.get("upstream_ms")),
         "render_ms": _ms(g.get("render_ms")),
-    }
-    access_log.info("%s %s %s %sms", request.method, request.path, response.status_code,
+    })
+    return response
+
+
+def record_request(fields: dict) -> None:
+    """The access-log line and the request metrics of one answered request (the fields
+    ``log_request`` lists), from Flask or from the hit path alike."""
+    duration = fields["duration_ms"]
+    access_log.info("%s %s %s %sms", fields["method"], fields["path"], fields["status"],
                     duration, extra=fields)
     # Unmatched paths share one label: a scanner must not mint a series per URL.
-    route = request.url_rule.rule if request.url_rule else "unmatched"
-    metrics.REQUESTS.labels(route, request.method, str(response.status_code), tenant).inc()
+    route = fields["route"] or "unmatched"
+    tenant = fields["tenant"] or ""
+    metrics.REQUESTS.labels(route, fields["method"], str(fields["status"]), tenant).inc()
     if duration is not None:
-        metrics.REQUEST_SECONDS.labels(route, request.method, tenant).observe(duration / 1000)
-    return response
+        metrics.REQUEST_SECONDS.labels(route, fields["method"], tenant).observe(duration / 1000)
 
 
 def end_in_flight(error: BaseException | None = None) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 from flask import Blueprint, g, request
+from werkzeug.datastructures import MultiDict
 
 from .auth import request_key
 from .errors import APIError
@@ -10,11 +14,11 @@ from .extensions import client_ip, limiter
 from .schemas import (LinkQuerySchema, LinkResponseSchema, ProductQuerySchema,
                       ProductResponseSchema, load_query)
 from .services.links import resolve
-from .services.signing import canonical_image_url
+from .services.signing import Signer, canonical_image_url
 from .services.upstream import UpstreamNotFound
 from .tenants import Tenant
 from .vocabulary import PLATFORMS
-from .wiring import current_services
+from .wiring import Services, current_services
 
 # Guarded by the API-key hook, attached where it is registered (create_app).
 bp = Blueprint("products", __name__)
@@ -24,11 +28,16 @@ _link_query = LinkQuerySchema()
 _link_response = LinkResponseSchema()
 
 
+def rate_limit_key(tenant: Tenant, key_name: str) -> str:
+    """The limiter's bucket of a valid key: one per tenant and key name."""
+    return f"key:{tenant.name}/{key_name}"
+
+
 def _rate_limit_key() -> str:
     # The limiter runs before the API-key hook, so it resolves the key itself: valid keys
     # share one bucket per tenant and key name, anything else is counted per IP.
     resolved = request_key()
-    return f"key:{resolved[0].name}/{resolved[1]}" if resolved else f"ip:{client_ip()}"
+    return rate_limit_key(*resolved) if resolved else f"ip:{client_ip()}"
 
 
 def _rate_limit() -> str:
@@ -42,63 +51,68 @@ limiter.shared_limit(_rate_limit, scope="lookup", key_func=_rate_limit_key,
                      methods=["GET", "HEAD"])(bp)
 
 
-def link_maker(tenant: Tenant, quality: int, fmt: str):
+def link_maker(services: Services, tenant: Tenant, quality: int, fmt: str):
     """``link(image_id, width)``: absolute signed /api/image URLs on the public base URL,
     carrying the tenant (``t``) whose watermark they show.
 
-    The expiry is worked out once per look-up, and so is each (image, width) link: the
-    main link is usually one of the srcset's too.
+    The expiry is worked out once per look-up; the expiry is rounded to a bucket, so the
+    same links come back look-up after look-up and each is signed once per bucket.
     """
-    services = current_services()
     settings = services.settings
     expires = services.signer.expiry(tenant.defaults.link_ttl, settings.signed_url_bucket)
     t = settings.tenants.link_name(tenant)
-    links: dict[tuple[str, int], str] = {}
 
     def link(image_id: str, width: int) -> str:
-        if (image_id, width) not in links:
-            params = {"url": image_id, "width": str(width), "quality": str(quality),
-                      "format": fmt}
-            if expires is not None:
-                params["expires"] = str(expires)
-            if t is not None:
-                params["t"] = t
-            params["sig"] = services.signer.sign(params)
-            links[image_id, width] = settings.public_url + canonical_image_url(params)
-        return links[image_id, width]
+        return _signed_link(services.signer, settings.public_url, image_id, width, quality,
+                            fmt, expires, t)
 
     return link
 
 
-def _with_tenant_defaults(args: dict, tenant: Tenant) -> dict:
-    """The look-up's parameters, the tenant's defaults standing in for those not sent."""
-    return {**args, **{name: getattr(tenant.defaults, name)
-                       for name in ("width", "quality", "format") if name not in request.args}}
+@functools.lru_cache(maxsize=16384)
+def _signed_link(signer: Signer, public_url: str, image_id: str, width: int, quality: int,
+                 fmt: str, expires: int | None, t: str | None) -> str:
+    params = {"url": image_id, "width": str(width), "quality": str(quality), "format": fmt}
+    if expires is not None:
+        params["expires"] = str(expires)
+    if t is not None:
+        params["t"] = t
+    params["sig"] = signer.sign(params)
+    return public_url + canonical_image_url(params)
 
 
-@bp.get("/api/qc-images")
-def qc_images():
-    tenant = g.tenant
-    args = _with_tenant_defaults(load_query(_query, request.args), tenant)
-    services = current_services()
+@dataclass(frozen=True)
+class LookupRequest:
+    """A checked look-up: what it asks for, with the tenant's defaults filled in."""
+
+    args: dict
+    product: str
+    platform: str
+
+
+def prepare(tenant: Tenant, query: MultiDict) -> LookupRequest:
+    """Check a look-up's query (raises the 400 that explains what is wrong); no Flask state."""
+    args = load_query(_query, query)
+    # The tenant's defaults stand in for what was not sent.
+    args.update({name: getattr(tenant.defaults, name) for name in ("width", "quality", "format")
+                 if name not in query})
     if "link" in args:
         resolved = resolve(args["link"])
-        product, platform = resolved.product_id, resolved.platform
-    else:
-        product, platform = args["id"], args["storePlatform"]
-    try:
-        ids, g.cache_status = services.lookup.image_ids(product, platform, tenant.name)
-    except UpstreamNotFound:
-        others = ", ".join(p for p in PLATFORMS if p != platform)
-        raise APIError(404, "not_found", f"product {product} was not found on {platform}; "
-                       f"if it is listed elsewhere, set storePlatform ({others})") from None
+        return LookupRequest(args, resolved.product_id, resolved.platform)
+    return LookupRequest(args, args["id"], args["storePlatform"])
+
+
+def answer(services: Services, tenant: Tenant, ask: LookupRequest, ids: list[str],
+           cache_status: str) -> tuple[dict, dict[str, str]]:
+    """(JSON body, headers) of a look-up that found ``ids``."""
     if not ids:
-        raise APIError(404, "no_images", f"product {product} on {platform} has no QC images")
+        raise APIError(404, "no_images",
+                       f"product {ask.product} on {ask.platform} has no QC images")
     # A product listing thousands of ids must not make a look-up unbounded in time,
     # memory and bytes: the first max_product_images, in upstream order, and say so.
     cap = services.settings.max_product_images
-    truncated = len(ids) > cap
-    link = link_maker(tenant, args["quality"], args["format"])
+    args = ask.args
+    link = link_maker(services, tenant, args["quality"], args["format"])
     images = []
     for image_id in ids[:cap]:
         image = {
@@ -112,12 +126,28 @@ def qc_images():
             image["width"], image["height"] = size
         images.append(image)
     body = _response.dump({
-        "success": True, "productId": product, "storePlatform": platform,
-        "totalImages": len(images), "truncated": truncated, "images": images})
+        "success": True, "productId": ask.product, "storePlatform": ask.platform,
+        "totalImages": len(images), "truncated": len(ids) > cap, "images": images})
     headers = {"Cache-Control": "private, no-store"}
-    if g.cache_status == "stale":
+    if cache_status == "stale":
         headers["X-Stale"] = "1"
         headers["Warning"] = '110 qcimage "Response is stale"'
+    return body, headers
+
+
+@bp.get("/api/qc-images")
+def qc_images():
+    tenant = g.tenant
+    services = current_services()
+    ask = prepare(tenant, request.args)
+    try:
+        ids, g.cache_status = services.lookup.image_ids(ask.product, ask.platform, tenant.name)
+    except UpstreamNotFound:
+        others = ", ".join(p for p in PLATFORMS if p != ask.platform)
+        raise APIError(404, "not_found", f"product {ask.product} was not found on "
+                       f"{ask.platform}; if it is listed elsewhere, set storePlatform "
+                       f"({others})") from None
+    body, headers = answer(services, tenant, ask, ids, g.cache_status)
     return body, 200, headers
 
 

@@ -71,6 +71,7 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     from .services.imaging.engine import ImagingEngine
     from .services.pipeline import ImageRenderer, ProductLookup, SourcePolicy
     from .services.signing import Signer
+    from .services.renderpool import RenderPool
     from .services.slots import RenderSlots
     from .services.stores import open_source_store, open_store
     from .services.takedown import open_takedown_list
@@ -110,7 +111,8 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
                                 max_bytes=cache.source_max_bytes, wait_timeout=fetch_wait),
             slots=RenderSlots(slots=workers.render_slots, queue=workers.render_queue,
                               slot_timeout=cache.render_wait_timeout,
-                              render_timeout=settings.limits.worker_timeout)),
+                              render_timeout=settings.limits.worker_timeout),
+            pool=RenderPool(size=workers.render_slots, nice=workers.render_nice)),
         client=client,
         store=store,
         takedowns=takedowns,

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from qcimage import ConfigError, create_app
@@ -139,3 +144,13 @@ def test_a_box_starts_and_answers_while_its_redis_is_unreachable(env, upstream, 
     assert ready.get_json()["checks"]["redis"] == "down"
     # The limiter's storage got the same short socket bounds as the shared store.
     assert app.config["RATELIMIT_STORAGE_OPTIONS"]["socket_timeout"] == 0.5
+
+
+def test_the_worker_app_is_left_out_of_full_garbage_collections(tmp_path):
+    # What a gunicorn worker imports: its long-lived objects are frozen, so a full
+    # collection does not walk them (and stop every thread) every few thousand requests.
+    env = {**os.environ, "QCIMAGE_ENV": "development", "QCIMAGE_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", "import gc, wsgi; print(gc.get_freeze_count())"],
+                         cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert int(out.split()[-1]) > 10_000

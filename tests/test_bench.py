@@ -298,3 +298,13 @@ def test_scaleout_section_reports_per_core_work_and_fault_failures():
     assert "| 1 | 10.0 | 1.00 | 10.0 | 100 % | 0 | 500.0 | 1.00 | 500.0 | 100 % | 0 |" in text
     assert "| 2 | 10.0 | 2.00 | 5.0 | 50 % | 0 | 400.0 | 1.00 | 400.0 | 80 % | 0 |" in text
     assert "| kill -9 of one box | 900 | 31 | 0 | 0 |" in text
+
+
+def test_the_steady_rate_leaves_out_the_ramp_up_and_the_tail():
+    from bench.slow_upstream import steady_rate
+
+    # 4 clients: the first 4 finish together late (ramp), then one every 0.1 s, then a
+    # straggling tail; the rate in between is 10/s whatever the ramp and tail did.
+    finished = [2.0] * 4 + [2.0 + 0.1 * n for n in range(1, 21)] + [9.0, 9.5, 10.0, 11.0]
+    assert steady_rate(finished, 4) == pytest.approx(10.0)
+    assert steady_rate(finished[:9], 4) is None  # too few in between to say

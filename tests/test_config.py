@@ -19,6 +19,7 @@ def test_defaults_match_the_design(env):
     assert settings.limits.image == "300 per 15 minutes"
     assert settings.cache.redis_url is None
     assert settings.cors_origins == ()
+    assert (settings.workers.render_slots, settings.workers.render_nice) == (2, 10)
     assert load_settings({k: v for k, v in env.items() if k != "QCIMAGE_UPSTREAM_URL"}
                          ).upstream.url == "https://doppel.fit"
 
@@ -50,6 +51,8 @@ def test_malformed_api_keys_are_refused(env, value):
     ("QCIMAGE_IMAGE_RATE_LIMIT", "lots", "IMAGE_RATE_LIMIT"),
     ("QCIMAGE_LOOKUP_RATE_LIMIT", "1 per frobnicate", "LOOKUP_RATE_LIMIT"),
     ("QCIMAGE_IMAGE_FETCH_TIMEOUT", "25", "WORKER_TIMEOUT"),
+    ("QCIMAGE_RENDER_NICE", "20", "between"),
+    ("QCIMAGE_RENDER_NICE", "-5", "between"),
 ])
 def test_invalid_values_say_what_is_wrong(env, name, value, message):
     env[name] = value

@@ -21,7 +21,7 @@ ENV_NAMES = (
     "QCIMAGE_BIND", "QCIMAGE_WORKERS", "QCIMAGE_THREADS", "QCIMAGE_WORKER_TIMEOUT",
     "QCIMAGE_GRACEFUL_TIMEOUT", "QCIMAGE_KEEPALIVE", "QCIMAGE_MAX_REQUESTS",
     "QCIMAGE_MAX_REQUESTS_JITTER", "QCIMAGE_ACCESS_LOG", "QCIMAGE_LOG_LEVEL",
-    "QCIMAGE_FORWARDED_ALLOW_IPS", "QCIMAGE_CONTROL_SOCKET",
+    "QCIMAGE_FORWARDED_ALLOW_IPS", "QCIMAGE_CONTROL_SOCKET", "QCIMAGE_HEAD_TIMEOUT",
 )
 
 
@@ -74,7 +74,7 @@ def test_defaults_suit_a_box_behind_nginx(load_conf, monkeypatch):
     # Recycled by memory, not by request count.
     assert conf.max_requests == 0
     assert conf.WORKER_MAX_RSS == 1024 * 1024 * 1024
-    assert conf.accesslog == "-"
+    assert conf.accesslog is None  # the app writes the one access line per request
     assert conf.loglevel == "info"
     assert conf.forwarded_allow_ips == "127.0.0.1,::1"
     assert conf.wsgi_app == "wsgi:app"
@@ -97,6 +97,11 @@ def test_workers_recycle_by_memory_one_at_a_time(load_conf, monkeypatch):
     assert [worker.alive for worker in workers] == [False, True]
     monkeypatch.setattr(conf.time, "time", lambda: os.stat(
         os.path.join(conf._metrics_dir, "last-recycle")).st_mtime + conf.RECYCLE_GAP_SECONDS)
+    # Memory is read at most every RSS_CHECK_SECONDS per worker: not yet...
+    conf.post_request(workers[1], None, {}, None)
+    assert workers[1].alive is True
+    # ...and once that has passed, the second worker's turn has come.
+    workers[1].qcimage_next_rss_check = 0.0
     conf.post_request(workers[1], None, {}, None)
     assert workers[1].alive is False
 
@@ -124,6 +129,8 @@ def test_worker_heartbeat_lives_in_shared_memory_when_there_is_one(load_conf, mo
      ["unix:/run/qcimage.sock", "[::1]:8001"]),
     ("QCIMAGE_WORKERS", "3", "workers", 3),
     ("QCIMAGE_THREADS", "4", "threads", 4),
+    ("QCIMAGE_THREADS", "1", "worker_class", "sync"),
+    ("QCIMAGE_HEAD_TIMEOUT", "3", "HEAD_TIMEOUT", 3),
     ("QCIMAGE_WORKER_TIMEOUT", "60", "timeout", 60),
     ("QCIMAGE_GRACEFUL_TIMEOUT", "10", "graceful_timeout", 10),
     ("QCIMAGE_KEEPALIVE", "0", "keepalive", 0),
@@ -132,6 +139,7 @@ def test_worker_heartbeat_lives_in_shared_memory_when_there_is_one(load_conf, mo
     ("QCIMAGE_ACCESS_LOG", "/var/log/qcimage/access.log", "accesslog",
      "/var/log/qcimage/access.log"),
     ("QCIMAGE_ACCESS_LOG", "off", "accesslog", None),
+    ("QCIMAGE_ACCESS_LOG", "-", "accesslog", "-"),
     ("QCIMAGE_LOG_LEVEL", "WARNING", "loglevel", "warning"),
     ("QCIMAGE_FORWARDED_ALLOW_IPS", "10.0.0.0/8, 192.168.1.5", "forwarded_allow_ips",
      "10.0.0.0/8,192.168.1.5"),
@@ -162,6 +170,7 @@ def test_blank_values_mean_the_default(load_conf):
     ("QCIMAGE_WORKER_TIMEOUT", "0"),
     ("QCIMAGE_GRACEFUL_TIMEOUT", "soon"),
     ("QCIMAGE_KEEPALIVE", "-5"),
+    ("QCIMAGE_HEAD_TIMEOUT", "0"),
     ("QCIMAGE_MAX_REQUESTS", "1e3"),
     ("QCIMAGE_MAX_REQUESTS_JITTER", "-1"),
     ("QCIMAGE_BIND", "8000"),
@@ -192,7 +201,7 @@ def test_gunicorn_accepts_every_value_and_knows_every_name(load_conf):
     assert ours == set(settings(conf)) - hooks
     for name, value in settings(conf).items():
         config.set(name, value)
-    assert config.worker_class_str == "gthread"
+    assert config.worker_class_str == "qcimage.gworker.HeadFirstWorker"
     assert config.address == [("127.0.0.1", 8000)]
 
 

@@ -14,6 +14,7 @@ from . import ServiceError
 from .cache import Entry, LookupCache, RenderCache, SourceCache
 from .imaging import RenderSpec, UnsupportedImage
 from .imaging.probe import Probe, probe
+from .renderpool import RenderPool
 from .slots import RenderSlots
 from .takedown import TakedownList
 from .upstream import DoppelClient, Source
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 PIPELINE_VERSION = "2"
 # Doppel's originals are at most this wide; asking for more only costs bytes.
 MAX_SOURCE_WIDTH = 5000
+# Image sizes a worker keeps in memory (about 200 bytes each) before starting afresh.
+_KNOWN_SIZES = 50_000
 
 
 class ProductLookup:
@@ -49,6 +52,18 @@ class ProductLookup:
         cached can stand in. ``tenant`` labels the cache metrics only: look-ups are shared."""
         ids, status = self._image_ids(product_id, platform, tenant)
         return self.takedowns.without(ids), status
+
+    def cached_image_ids(self, product_id: str, platform: str) -> list[str] | None:
+        """The image ids when a fresh look-up is cached, else None; counted by the caller
+        with ``count_hit`` once it answers with them."""
+        cached = self.cache.get(f"{platform}:{product_id}")
+        if cached is None or not cached[1]:
+            return None
+        return self.takedowns.without(cached[0])
+
+    @staticmethod
+    def count_hit(tenant: str) -> None:
+        metrics.CACHE_REQUESTS.labels("lookup", "hit", tenant).inc()
 
     def _image_ids(self, product_id: str, platform: str,
                    tenant: str) -> tuple[list[str], str]:
@@ -129,7 +144,8 @@ class ImageRenderer:
 
     def __init__(self, client: DoppelClient, cache: RenderCache, engine: ImagingEngine, *,
                  source: SourcePolicy, watermark_fingerprint: str, takedowns: TakedownList,
-                 sources: SourceCache | None = None, slots: RenderSlots | None = None):
+                 sources: SourceCache | None = None, slots: RenderSlots | None = None,
+                 pool: RenderPool | None = None):
         self.client = client
         self.cache = cache
         self.engine = engine
@@ -138,12 +154,14 @@ class ImageRenderer:
                                               wait_timeout=cache.flight.wait_timeout)
         self.slots = slots or RenderSlots(slots=1, queue=1024,
                                           slot_timeout=cache.flight.wait_timeout)
+        self.pool = pool or RenderPool(size=self.slots.slots, nice=0)
         self.takedowns = takedowns
         # Everything outside the request that changes the bytes: a new watermark, a new
         # ImageMagick or a new pipeline never serves an old render. Each tenant's renders
         # are keyed by its own watermark's fingerprint: changing one re-renders its only.
         self._key_prefix = "|".join((PIPELINE_VERSION, engine.settings_key()))
         self._fingerprint = watermark_fingerprint
+        self._sizes: dict[str, tuple[int, int]] = {}
 
     def cache_key(self, job: RenderJob) -> str:
         src_width, src_format, src_quality = self.source.params(job)
@@ -160,8 +178,20 @@ class ImageRenderer:
                          str(self.source.width or width)))
 
     def known_size(self, image_id: str, width: int) -> tuple[int, int] | None:
-        """(width, height) of ``image_id`` rendered at ``width``, once a render showed it."""
-        return self.cache.rendered_size(self._size_key(image_id, width))
+        """(width, height) of ``image_id`` rendered at ``width``, once a render showed it.
+
+        Asked on every look-up and hit; a size once known never changes (the image id
+        names the bytes), so this process keeps it instead of reading the store again.
+        """
+        key = self._size_key(image_id, width)
+        size = self._sizes.get(key)
+        if size is None:
+            size = self.cache.rendered_size(key)
+            if size is not None:
+                if len(self._sizes) >= _KNOWN_SIZES:
+                    self._sizes.clear()
+                self._sizes[key] = size
+        return size
 
     def _remember_size(self, job: RenderJob, width: int, height: int) -> None:
         # For look-ups, so pages can reserve the space before the image loads.
@@ -220,8 +250,8 @@ class ImageRenderer:
             with self.slots.render_slot():
                 started = time.perf_counter()
                 try:
-                    rendered = self.engine.render(source.data, job.spec, probed,
-                                                  job.brand.painter if job.brand else None)
+                    rendered = self.pool.run(self.engine.render, source.data, job.spec,
+                                             probed, job.brand.painter if job.brand else None)
                 except ServiceError:
                     # Not an image, truncated, too many pixels: nobody may render it again.
                     self.sources.forget(source_key)
@@ -234,20 +264,32 @@ class ImageRenderer:
             self._remember_size(job, rendered.width, rendered.height)
             return Entry(data=rendered.data, mime=rendered.mime)
 
-        key = self.cache_key(job)
-        entry, cached = self.cache.get(key, tag=job.image_id), True
-        if entry is None:
-            with self.slots.admit():
-                entry, cached = self.cache.get_or_render(key, produce, tag=job.image_id)
-        metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss", job.tenant).inc()
-        if cached:
-            metrics.CACHE_BYTES.labels(job.tenant).inc(len(entry.data))
-            if self.known_size(job.image_id, job.spec.width) is None:
-                # Rendered before sizes were kept: read it off the header, once.
-                try:
-                    rendered = probe(entry.data)
-                except UnsupportedImage:
-                    pass  # AVIF: no header reader here; known after its next render
-                else:
-                    self._remember_size(job, rendered.width, rendered.height)
+        entry = self.cached(job)
+        if entry is not None:
+            return RenderResult(entry, True)
+        with self.slots.admit():
+            entry, cached = self.cache.get_or_render(self.cache_key(job), produce,
+                                                     tag=job.image_id)
+        self._count(job, entry, cached)
         return RenderResult(entry, cached, timings.get("upstream_ms"), timings.get("render_ms"))
+
+    def cached(self, job: RenderJob) -> Entry | None:
+        """The rendered entry when the cache holds it (counted as a hit), else None."""
+        entry = self.cache.get(self.cache_key(job), tag=job.image_id)
+        if entry is not None:
+            self._count(job, entry, cached=True)
+        return entry
+
+    def _count(self, job: RenderJob, entry: Entry, cached: bool) -> None:
+        metrics.CACHE_REQUESTS.labels("render", "hit" if cached else "miss", job.tenant).inc()
+        if not cached:
+            return
+        metrics.CACHE_BYTES.labels(job.tenant).inc(len(entry.data))
+        if self.known_size(job.image_id, job.spec.width) is None:
+            # Rendered before sizes were kept: read it off the header, once.
+            try:
+                rendered = probe(entry.data)
+            except UnsupportedImage:
+                pass  # AVIF: no header reader here; known after its next render
+            else:
+                self._remember_size(job, rendered.width, rendered.height)

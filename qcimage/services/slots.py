@@ -38,13 +38,20 @@ class RenderSlots:
         self._lock = threading.Lock()
         self._admitted = 0
 
+    def full(self) -> bool:
+        """Whether a miss arriving now is refused (a glance: ``admit`` decides)."""
+        return self._admitted >= self.queue
+
+    def overloaded(self) -> Overloaded:
+        return Overloaded(f"too many images are being made right now ({self.queue} per "
+                          "worker); try again in a moment")
+
     @contextmanager
     def admit(self):
         """Hold one place among the worker's misses, or raise Overloaded at once."""
         with self._lock:
             if self._admitted >= self.queue:
-                raise Overloaded(f"too many images are being made right now ({self.queue} "
-                                 "per worker); try again in a moment")
+                raise self.overloaded()
             self._admitted += 1
         try:
             yield

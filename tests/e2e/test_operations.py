@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -22,6 +23,17 @@ def json_lines(text: str) -> list[dict]:
     return lines
 
 
+def thread_nices(pid: int) -> set[int]:
+    """The nice values of a process's threads (field 19 of /proc/PID/task/TID/stat)."""
+    values = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            values.add(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
+        except (OSError, IndexError, ValueError):
+            pass  # the thread ended meanwhile
+    return values
+
+
 def test_every_log_line_is_json_with_request_fields(qcimage_server):
     server = qcimage_server(workers=2)
     headers = {"X-API-Key": server.api_key, "X-Request-ID": "ops-test-1"}
@@ -29,6 +41,9 @@ def test_every_log_line_is_json_with_request_fields(qcimage_server):
     image_url = body["images"][0]["watermarked"]
     requests.get(image_url, timeout=60)
     requests.get(server.url + "/api/qc-images?id=1", headers={"X-API-Key": "bad"}, timeout=10)
+    # The worker that rendered did so on a thread niced below its request threads.
+    nices = [thread_nices(pid) for pid in server.worker_pids()]
+    assert any(10 in n and 0 in n for n in nices), nices
     time.sleep(0.5)
     server.stop()
     text = server.log_text()
@@ -45,12 +60,25 @@ def test_every_log_line_is_json_with_request_fields(qcimage_server):
     image = next(r for r in records if r.get("logger") == "qcimage.access"
                  and r.get("route") == "/api/image")
     assert image["cache"] == "miss" and image["render_ms"] > 0 and image["upstream_ms"] > 0
-    assert any(r.get("logger") == "gunicorn.access" and r.get("request_id") == "ops-test-1"
-               for r in records)
+    # One access line per request: gunicorn's own is off unless asked for (below).
+    assert [r["logger"] for r in records if r.get("request_id") == "ops-test-1"
+            and r.get("logger", "").endswith(".access")] == ["qcimage.access"]
+    assert lookup["user_agent"].startswith("python-requests/")
     # Secrets never reach the logs: neither the key nor any signature.
     sig = image_url.rsplit("sig=", 1)[1]
     assert server.api_key not in text and sig not in text and "bad" not in json.dumps(
         [r.get("api_key") for r in records])
+
+
+def test_gunicorn_access_lines_when_asked_for_are_json_without_the_query(qcimage_server):
+    server = qcimage_server(workers=1, QCIMAGE_ACCESS_LOG="-")
+    requests.get(server.url + LOOKUP, timeout=30,
+                 headers={"X-API-Key": server.api_key, "X-Request-ID": "ops-test-2"})
+    time.sleep(0.5)
+    server.stop()
+    line = next(r for r in json_lines(server.log_text())
+                if r.get("logger") == "gunicorn.access" and r.get("request_id") == "ops-test-2")
+    assert line["path"] == "/api/qc-images" and line["status"] == 200
 
 
 def test_request_id_round_trip_and_generation(qcimage_server):

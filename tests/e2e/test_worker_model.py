@@ -123,24 +123,36 @@ def test_a_hanging_image_costs_one_attempt_and_starves_nothing(qcimage_server, u
 
 
 def test_half_sent_requests_straight_at_gunicorn_do_not_block_health(qcimage_server):
-    box = Box(qcimage_server)
+    box = Box(qcimage_server, QCIMAGE_HEAD_TIMEOUT="3")
     host, port = box.url.rsplit("/", 1)[1].split(":")
-    slow = []
+    slow, stalled = [], []
     try:
-        # Eight per worker; two sync workers were blocked by two.
-        for _ in range(16):
+        # More half-sent requests than the two workers have threads (2 x 64): gthread
+        # gave each a thread, which then waited for the rest of the head.
+        for n in range(2 * 64 + 32):
             sock = socket.create_connection((host, int(port)), timeout=10)
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: qcimage\r\n")
-            slow.append(sock)
+            (slow if n % 2 else stalled).append(sock)
         assert requests.get(box.url + "/health", timeout=10).status_code == 200
+        # Those that finish their head are answered...
         answers = []
         for sock in slow:
             sock.sendall(b"Connection: close\r\n\r\n")
             answers.append(_read_all(sock))
+        # ...and a kept-alive connection's next request gets the same treatment.
+        conn = HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", "/health")
+        assert conn.getresponse().read() and conn.sock is not None
+        conn.sock.sendall(b"GET /health HTTP/1.1\r\n")  # half of the next head
+        assert requests.get(box.url + "/health", timeout=10).status_code == 200
+        # ...while those that never do are closed after QCIMAGE_HEAD_TIMEOUT, unanswered.
+        closed = [_read_all(sock) for sock in stalled]
+        assert _read_all(conn.sock) == b""
     finally:
-        for sock in slow:
+        for sock in slow + stalled:
             sock.close()
     assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers), answers[:1]
+    assert closed == [b""] * len(stalled)
 
 
 def _read_all(sock):

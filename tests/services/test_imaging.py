@@ -1,5 +1,6 @@
 """Tests of the imaging engine against the real ImageMagick, under our policy."""
 
+import ctypes
 import io
 import shutil
 import struct
@@ -11,6 +12,8 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps, JpegImagePlugin
+from wand.api import library, libmagick
+from wand.image import Image as WandImage
 
 from qcimage.config import DEFAULT_WATERMARK_FONT as DEFAULT_FONT
 from qcimage.services.imaging import (ImageTooLarge, RenderSpec, SourceTruncated,
@@ -19,7 +22,8 @@ from qcimage.services.imaging import engine as engine_module
 from qcimage.services.imaging.engine import ImagingEngine
 from qcimage.services.imaging.policy import (MAX_SIDE, available_output_formats,
                                              imagemagick_version, policy_in_force,
-                                             policy_limits, resource_limits)
+                                             policy_limits, read_first_frame,
+                                             resource_limits)
 from qcimage.services.imaging.probe import Probe, probe, sniff_format
 from qcimage.services.imaging.watermark import Watermark, WatermarkLayer
 from qcimage.vocabulary import GRAVITIES, OUTPUT_FORMATS
@@ -561,6 +565,44 @@ def test_our_resource_limits_are_in_force():
     assert in_force["time"] >= 2**62  # unlimited: a time limit would kill long-lived workers
     assert MAX_SIDE == ours["width"] == ours["height"]
     assert policy_in_force()
+
+
+# MagickCore 6's CacheType: where an image's pixels are kept.
+_MEMORY_CACHE, _MAP_CACHE, _DISK_CACHE = 1, 2, 3
+
+
+def pixel_cache_type(data: bytes, fmt: str) -> int:
+    """Where ImageMagick keeps the pixels of ``data`` once decoded under our policy."""
+    libmagick.GetImagePixelCacheType.argtypes = [ctypes.c_void_p]
+    libmagick.GetImagePixelCacheType.restype = ctypes.c_int
+    with WandImage() as img:
+        read_first_frame(img, data, fmt)
+        return libmagick.GetImagePixelCacheType(library.GetImageFromMagickWand(img.wand))
+
+
+@pytest.fixture(scope="module")
+def big_png(make_photo, encode_image) -> bytes:
+    """3400x2450 PNG: 8.3 MP, just above the policy's area."""
+    return encode_image(make_photo(3400, 2450, seed=9), "PNG", compress_level=1)
+
+
+def test_a_source_above_the_policy_area_keeps_its_pixels_in_a_file(big_png, light_photo):
+    # In memory its pixels would add 67 MB (8 bytes a pixel) to the worker; in a file read
+    # and written in rows (never memory-mapped, whose pages would count again) they add none.
+    assert pixel_cache_type(big_png, "png") == _DISK_CACHE
+    assert pixel_cache_type(light_photo, "jpeg") == _MEMORY_CACHE
+
+
+def test_a_source_decoded_into_a_file_is_watermarked_like_any_other(
+        engine, bare_engine, big_png):
+    spec = RenderSpec(960, 90, "png")  # lossless, so untouched pixels compare exactly
+    marked = engine.render(big_png, spec)
+    diff = difference(marked.data, bare_engine.render(big_png, spec).data)
+    assert (marked.width, marked.height) == (960, round(2450 * 960 / 3400))
+    left, top, _, _ = bounding_box(diff > 0)  # the halo's faintest pixels included
+    assert left > 0.6 * marked.width and top > 0.6 * marked.height
+    left, top, right, bottom = bounding_box(diff > 24)
+    assert diff[top:bottom + 1, left:right + 1].mean() > 25
 
 
 @pytest.mark.parametrize("coder, data", [

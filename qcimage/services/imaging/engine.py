@@ -46,7 +46,9 @@ _AVIF_MAX_QUALITY = 99
 # The decode budget's model (ImagingEngine._decode_scale), in bytes a pixel.
 _DECODED_BYTES_PER_PIXEL = 8
 _OUTPUT_BYTES_PER_PIXEL = 6
-# What one render may add to a worker (~80 MB at rest) that must stay under 300 MB.
+# What the renders running at once may add to a worker (~80 MB at rest) that must stay
+# under 300 MB; pixel caches above the policy's area, in files, count too, which keeps
+# those files within the policy's disk limit.
 _DECODE_BUDGET = 220_000_000
 _RESOURCE_ERRORS = (ResourceLimitError, ResourceLimitFatalError, CacheError, CacheFatalError)
 _TRANSPOSED_IM = frozenset({"left_top", "right_top", "right_bottom", "left_bottom"})
@@ -153,11 +155,12 @@ class ImagingEngine:
         ImageTooLarge when no n fits the budget.
 
         A render's peak over the worker's baseline is, measured within ~10 MB: the source
-        bytes, 8 bytes a decoded pixel (ImageMagick's Q16 cache), and the larger of a
-        progressive JPEG's coefficients (held while it decodes) and ~6 bytes an output
-        pixel (the resized copy and the encoder's buffers). The budget keeps a worker
-        (~80 MB at rest) under 300 MB; a larger QCIMAGE_MAX_SOURCE_PIXELS raises it to
-        8 bytes a pixel of that.
+        bytes, 8 bytes a decoded pixel (ImageMagick's Q16 cache: in memory up to the
+        policy's area, 8 MP, in a file above it), and the larger of a progressive JPEG's
+        coefficients (held while it decodes) and ~6 bytes an output pixel (the resized
+        copy and the encoder's buffers). The budget keeps a worker (~80 MB at rest) under
+        300 MB and its cache files under the policy's disk limit; a larger
+        QCIMAGE_MAX_SOURCE_PIXELS raises it to 8 bytes a pixel of that.
         """
         shown_w, shown_h = probed.shown_size
         target_w = min(max_width, shown_w)

@@ -134,11 +134,12 @@ def resource_limits() -> dict[str, int]:
 
 @cache
 def policy_limits() -> dict[str, int]:
-    """The resource limits our policy.xml sets, in bytes, pixels or counts."""
+    """The resource limits our policy.xml sets, in bytes, pixels or counts (its
+    temporary-path is a place, not a limit)."""
     units = {"KP": 10**3, "MP": 10**6, "GP": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
     found = {}
     for rule in ElementTree.parse(POLICY_DIR / "policy.xml").getroot():
-        if rule.get("domain") == "resource":
+        if rule.get("domain") == "resource" and rule.get("name") != "temporary-path":
             value = rule.get("value")
             unit = next((u for u in units if value.endswith(u)), None)
             found[rule.get("name")] = (int(value[:-len(unit)]) * units[unit] if unit
