@@ -78,8 +78,8 @@ def _machine(cores: list[int], workers: int, threads: int,
         "Python": platform.python_version(),
         "ImageMagick": imagemagick_version(),
         "libvips (pyvips)": vips_version,
-        "gunicorn workers": (f"{workers} (gunicorn.conf.py default), gthread, "
-                             f"{threads} threads each"),
+        "gunicorn workers": (f"{workers} (gunicorn.conf.py default), gthread with request "
+                             f"heads read first (qcimage.gworker), {threads} threads each"),
         "commit": f"{commit} (plus uncommitted changes, if any)",
     }
 
