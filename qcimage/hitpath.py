@@ -120,25 +120,23 @@ class HitPath:
                                  _accept(environ, query))
         except Exception as error:  # refused: Flask says why, in its own words
             raise NotPlain from error
-        tenant = ask.tenant
         etags = parse_etags(environ["HTTP_IF_NONE_MATCH"]) if (
             "HTTP_IF_NONE_MATCH" in environ) else _NO_ETAGS
-        if ask.not_modified(etags):
-            limit = self._take_limit(tenant.image_limit, _IMAGE_SCOPE,
-                                     images.rate_limit_key(tenant, _client_ip(environ)))
-            return Answer(304, b"", {**ask.headers, **limit}, tenant=tenant.name,
-                          cache="revalidated")
-        renderer = self.services.renderer
-        entry = renderer.cached(ask.job)
-        if entry is None:
-            # A miss: Flask renders it, unless the worker's queue would refuse it anyway.
-            # Then it is refused here, at a fraction of the CPU, which is what a box
-            # shedding misses is short of.
-            if not renderer.slots.full():
-                raise NotPlain
-            refusal = renderer.slots.overloaded()
-            limit = self._take_limit(tenant.image_limit, _IMAGE_SCOPE,
-                                     images.rate_limit_key(tenant, _client_ip(environ)))
+        entry = refusal = None
+        if not ask.not_modified(etags):
+            renderer = self.services.renderer
+            entry = renderer.cached(ask.job)
+            if entry is None:
+                # A miss: Flask renders it, unless the worker's queue would refuse it
+                # anyway. Then it is refused here, at a fraction of the CPU, which is what
+                # a box shedding misses is short of.
+                if not renderer.slots.full():
+                    raise NotPlain
+                refusal = renderer.slots.overloaded()
+        tenant = ask.tenant
+        limit = self._take_limit(tenant.image_limit, _IMAGE_SCOPE,
+                                 images.rate_limit_key(tenant, _client_ip(environ)))
+        if refusal is not None:
             log_service_error(refusal)
             data, content_type = self._json(error_body(refusal.code, refusal.message,
                                                        _request_id(environ)))
@@ -146,8 +144,9 @@ class HitPath:
                 **refusal.headers, "Content-Type": content_type,
                 "Content-Length": str(len(data)), **limit, "Cache-Control": "no-store"},
                 tenant=tenant.name, cache=None)
-        limit = self._take_limit(tenant.image_limit, _IMAGE_SCOPE,
-                                 images.rate_limit_key(tenant, _client_ip(environ)))
+        if entry is None:
+            return Answer(304, b"", {**ask.headers, **limit}, tenant=tenant.name,
+                          cache="revalidated")
         return Answer(200, entry.data, {
             **ask.headers, **limit, "X-Cache": "HIT", "Content-Type": _content_type(entry.mime),
             "Content-Length": str(len(entry.data))}, tenant=tenant.name, cache="hit")
