@@ -10,7 +10,7 @@ with one block listing every problem before any worker is forked.
 | QCIMAGE_BIND                  | 127.0.0.1:8000 (comma-separate more) |
 | QCIMAGE_WORKERS               | usable cores (at least 2, at most 12)|
 | QCIMAGE_THREADS               | 64 (gthread workers; 1: sync)        |
-| QCIMAGE_HEAD_TIMEOUT          | 10 (seconds for a request's head)    |
+| QCIMAGE_HEAD_TIMEOUT          | 10 (s for a request's head; gthread) |
 | QCIMAGE_WORKER_TIMEOUT        | 30 (seconds)                         |
 | QCIMAGE_GRACEFUL_TIMEOUT      | 30 (seconds)                         |
 | QCIMAGE_KEEPALIVE             | 5 (seconds)                          |
@@ -152,7 +152,8 @@ threads = env_int("QCIMAGE_THREADS", DEFAULT_THREADS, 1, 256)
 os.environ["QCIMAGE_THREADS"] = str(threads)
 # gthread, but a request gets a thread only once its whole head has arrived: clients that
 # send half a request and stall cannot take every thread (qcimage/gworker.py). A head not
-# complete within QCIMAGE_HEAD_TIMEOUT seconds closes its connection.
+# complete within QCIMAGE_HEAD_TIMEOUT seconds closes its connection. Sync workers
+# (QCIMAGE_THREADS=1) are gunicorn's own: one request at a time, no head timeout.
 worker_class = "qcimage.gworker.HeadFirstWorker" if threads > 1 else "sync"
 HEAD_TIMEOUT = env_int("QCIMAGE_HEAD_TIMEOUT", 10, 1, 300)
 os.environ["QCIMAGE_HEAD_TIMEOUT"] = str(HEAD_TIMEOUT)

@@ -122,21 +122,26 @@ class Service:
         response = requests.get(url, headers=headers, timeout=60)
         return response, (time.perf_counter() - started) * 1000
 
+    def access_records(self) -> list[dict]:
+        """The app's JSON access records so far (its own line, not gunicorn's)."""
+        records = []
+        for line in self.server.log_text().splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("logger") == "qcimage.access":
+                records.append(record)
+        return records
+
     def log_records(self, wanted: set[str], timeout: float = 5.0) -> dict[str, dict]:
         """The app's JSON access records of these request ids, waiting briefly for stragglers."""
         deadline = time.monotonic() + timeout
         while True:
-            found = {}
-            for line in self.server.log_text().splitlines():
-                if not line.startswith("{"):
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                # The app's own record (it has render_ms), not gunicorn's access line.
-                if record.get("request_id") in wanted and "render_ms" in record:
-                    found[record["request_id"]] = record
+            found = {record["request_id"]: record for record in self.access_records()
+                     if record.get("request_id") in wanted}
             if len(found) == len(wanted) or time.monotonic() > deadline:
                 return found
             time.sleep(0.1)

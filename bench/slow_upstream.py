@@ -9,7 +9,6 @@ only its latency is measured.
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -182,21 +181,10 @@ def overload(service: Service, upstream: harness.Upstream, delay_s: float = 0.8,
                workers=len(service.server.worker_pids()))
     # The same 503s as the app timed them (its access line's duration_ms): the client's
     # figure adds its own 64 Python threads' queueing on the same two cores.
-    served_in = [record["duration_ms"] for record in _access_records(service)
+    served_in = [record["duration_ms"] for record in service.access_records()
                  if record.get("status") == 503 and record.get("route") == "/api/image"]
     row["refused_server_p99_ms"] = percentile(served_in, 99) if served_in else None
     return row
-
-
-def _access_records(service: Service) -> list[dict]:
-    records = []
-    for line in service.server.log_text().splitlines():
-        if line.startswith("{") and '"qcimage.access"' in line:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                pass
-    return records
 
 
 def _source(service: Service) -> dict[str, str]:

@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from .wiring import Services
 
 log = logging.getLogger(__name__)
-LOOKUP_PATH = "/api/qc-images"
 # Flask-Limiter's scopes: the images blueprint's limit is per endpoint, the look-ups'
 # is shared by its blueprint under one name.
 _IMAGE_SCOPE = f"{images.bp.name}.{images.image.__name__}"
@@ -83,7 +82,7 @@ class HitPath:
         # {is https: {name: value}}: what Talisman adds to every response of this app.
         self.security = {secure: _talisman_headers(app, secure) for secure in (False, True)}
         self._limits: dict[str, tuple[RateLimitItem, ...]] = {}
-        self._routes = {IMAGE_PATH: self._image, LOOKUP_PATH: self._lookup}
+        self._routes = {IMAGE_PATH: self._image, products.LOOKUP_PATH: self._lookup}
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         route = self._routes.get(environ.get("PATH_INFO"))

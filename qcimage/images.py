@@ -13,7 +13,7 @@ from .extensions import client_ip, limiter
 from .schemas import ImageQuerySchema, load_query
 from .services.imaging import RenderSpec
 from .services.pipeline import RenderJob
-from .services.signing import SIGNED_PARAMS, URL_PARAMS, canonical_image_url
+from .services.signing import IMAGE_PATH, SIGNED_PARAMS, URL_PARAMS, canonical_image_url
 from .tenants import Tenant
 from .services.takedown import TakenDown
 from .vocabulary import OUTPUT_FORMATS
@@ -161,7 +161,7 @@ def taken_down(error: TakenDown):
                           headers={"X-Accel-Expires": str(ttl)})
 
 
-@bp.get("/api/image")
+@bp.get(IMAGE_PATH)
 def image():
     services = current_services()
     ask = prepare(services, request.args, raw_path(request.environ),

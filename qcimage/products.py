@@ -22,6 +22,7 @@ from .wiring import Services, current_services
 
 # Guarded by the API-key hook, attached where it is registered (create_app).
 bp = Blueprint("products", __name__)
+LOOKUP_PATH = "/api/qc-images"
 _query = ProductQuerySchema()
 _response = ProductResponseSchema()
 _link_query = LinkQuerySchema()
@@ -135,7 +136,7 @@ def answer(services: Services, tenant: Tenant, ask: LookupRequest, ids: list[str
     return body, headers
 
 
-@bp.get("/api/qc-images")
+@bp.get(LOOKUP_PATH)
 def qc_images():
     tenant = g.tenant
     services = current_services()

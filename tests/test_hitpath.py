@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+import types
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from werkzeug.test import Client
 from werkzeug.wrappers import Response
 
-from qcimage import create_app
+from qcimage import create_app, images
 from qcimage.hitpath import HitPath
 from tests.conftest import API_KEY, add_image, add_product
 from tests.test_images import base, signed
@@ -21,6 +23,14 @@ from tests.test_metrics import sample
 # Differ from one request to the next whoever answers.
 _PER_REQUEST = {"X-Request-ID", "X-RateLimit-Remaining", "X-RateLimit-Reset",
                 "X-RateLimit-Retry-After", "Date"}
+
+
+@pytest.fixture(autouse=True)
+def frozen_max_age(monkeypatch):
+    """max-age counts down to the link's expiry by the second: both paths must read one
+    clock, or a pair of requests straddling a second differs by one."""
+    now = time.time()
+    monkeypatch.setattr(images, "time", types.SimpleNamespace(time=lambda: now))
 
 
 def spy(app) -> tuple[HitPath, list[str]]:

@@ -70,7 +70,7 @@ class ProductLookup:
         key = f"{platform}:{product_id}"
         cached = self.cache.get(key)
         if cached is not None and cached[1]:
-            metrics.CACHE_REQUESTS.labels("lookup", "hit", tenant).inc()
+            self.count_hit(tenant)
             return cached[0], "hit"
         metrics.CACHE_REQUESTS.labels("lookup", "miss", tenant).inc()
         try:
