@@ -9,6 +9,7 @@ only its latency is measured.
 from __future__ import annotations
 
 import itertools
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,24 @@ class DistinctMisses:
         for n in itertools.islice(self._counter, count):
             pairs.append((self.images[n % len(self.images)], 800 + n // len(self.images)))
         return pairs
+
+    def deal(self, sizes: list[int]) -> list[list[tuple[str, int]]]:
+        """Fresh pairs in shares of ``sizes``, each share spread over the same widths.
+
+        A miss's work grows with its width squared: handed out in order, the last of
+        1512 misses rendered at 1300 px where the first ones rendered at 800, and the
+        late cells were measured doing twice the work of the early ones. Here each pair
+        (in width order) goes to the share least filled so far, so every share spans the
+        whole range evenly; each share is then shuffled (seeded) so the ramp and the tail
+        of a cell are no cheaper than its middle.
+        """
+        shares: list[list[tuple[str, int]]] = [[] for _ in sizes]
+        for pair in self.take(sum(sizes)):
+            open_shares = [i for i, size in enumerate(sizes) if len(shares[i]) < size]
+            shares[min(open_shares, key=lambda i: len(shares[i]) / sizes[i])].append(pair)
+        for index, share in enumerate(shares):
+            random.Random(index).shuffle(share)
+        return shares
 
     def url(self, image_id: str, width: int) -> str:
         params = {"url": image_id, "width": str(width), "quality": str(QUALITY),
@@ -125,7 +144,7 @@ def misses_under_latency(service: Service, upstream: harness.Upstream) -> list[d
     """Misses/s at each image delay and concurrency (look-ups delayed too, as upstream is)."""
     misses = DistinctMisses(service)
     cells = [(delay, c) for delay in IMAGE_DELAYS_S for c in CONCURRENCIES]
-    plan = {cell: misses.take(REQUESTS[cell[1]]) for cell in cells}
+    plan = dict(zip(cells, misses.deal([REQUESTS[c] for _, c in cells])))
     warm_standin(upstream, [p for pairs in plan.values() for p in pairs], _source(service))
     rows = []
     try:
