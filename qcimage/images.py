@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -13,7 +14,8 @@ from .extensions import client_ip, limiter
 from .schemas import ImageQuerySchema, load_query
 from .services.imaging import RenderSpec
 from .services.pipeline import RenderJob
-from .services.signing import IMAGE_PATH, SIGNED_PARAMS, URL_PARAMS, canonical_image_url
+from .services.signing import (IMAGE_PATH, SIGNED_PARAMS, URL_PARAMS, Signer,
+                               canonical_image_url)
 from .tenants import Tenant
 from .services.takedown import TakenDown
 from .vocabulary import OUTPUT_FORMATS
@@ -22,6 +24,10 @@ from .wiring import Services, current_services
 bp = Blueprint("images", __name__)
 _query = ImageQuerySchema()
 _MAX_AGE = 86400
+# Queries that passed the checks that depend only on their bytes (see _checked_args).
+_CHECKED: dict[tuple[Signer, str, str], dict] = {}
+_CHECKED_MAX = 4096
+_CHECKED_LOCK = threading.Lock()
 
 
 def _named_tenant() -> Tenant | None:
@@ -104,9 +110,7 @@ def prepare(services: Services, query: MultiDict, raw_path: str, raw_query: str,
             referer: str | None, accept: MIMEAccept) -> ImageRequest:
     """Check an image request and say what it asks for; raises the APIError or
     ServiceError (403, 410, 451...) that refuses it. Reads no Flask state."""
-    args = load_query(_query, query)
-    services.signer.verify({name: query.get(name) for name in SIGNED_PARAMS}, args["sig"])
-    _require_canonical_url(query, raw_path, raw_query)
+    args = _checked_args(services.signer, query, raw_path, raw_query)
     # Before the 304: a shared cache revalidating its copy must hear of the takedown.
     services.takedowns.check(args["url"])
     tenant = _signed_tenant(services, args["t"], referer)
@@ -116,6 +120,29 @@ def prepare(services: Services, query: MultiDict, raw_path: str, raw_query: str,
     etag = services.renderer.etag(job)
     return ImageRequest(args, tenant, job, etag,
                         caching_headers(args, etag, services.settings.cache.shared_cache_ttl))
+
+
+def _checked_args(signer: Signer, query: MultiDict, raw_path: str, raw_query: str) -> dict:
+    """The query's values once the schema, the signature and the canonical form passed.
+
+    Those three depend on nothing but the request's bytes (and the signer's keys), and a
+    cache hit repeats them for the same URL thousands of times a second: a query that
+    passed is remembered (the last ``_CHECKED_MAX``, per signer, read-only), and only
+    its expiry is checked again. A query that failed is not: it is checked every time.
+    """
+    key = (signer, raw_path, raw_query)
+    args = _CHECKED.get(key)
+    if args is not None:
+        signer.check_current(args["expires"])
+        return args
+    args = load_query(_query, query)
+    signer.verify({name: query.get(name) for name in SIGNED_PARAMS}, args["sig"])
+    _require_canonical_url(query, raw_path, raw_query)
+    with _CHECKED_LOCK:
+        while len(_CHECKED) >= _CHECKED_MAX:
+            del _CHECKED[next(iter(_CHECKED))]  # the oldest first
+        _CHECKED[key] = args
+    return args
 
 
 def raw_path(environ: dict) -> str:
