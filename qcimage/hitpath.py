@@ -23,6 +23,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
@@ -96,7 +97,7 @@ class HitPath:
                       or environ.get("HTTP_X_FORWARDED_PROTO", "http") == "https")
             if self.force_https and not secure:
                 raise NotPlain  # Talisman redirects it
-            answer = route(environ, _query(environ))
+            answer = route(environ)
             status, headers, body = self._respond(environ, started, secure, answer)
         except (NotPlain, *_BACKING_FAILURES):
             # A backing service down (Redis, the cache folder): Flask meets it too and
@@ -112,11 +113,11 @@ class HitPath:
         start_response(status, headers)
         return body
 
-    def _image(self, environ: dict, query: MultiDict) -> Answer:
+    def _image(self, environ: dict) -> Answer:
         try:
-            ask = images.prepare(self.services, query, images.raw_path(environ),
-                                 environ.get("QUERY_STRING", ""), environ.get("HTTP_REFERER"),
-                                 _accept(environ, query))
+            ask = images.prepare(self.services, partial(_query, environ),
+                                 images.raw_path(environ), environ.get("QUERY_STRING", ""),
+                                 environ.get("HTTP_REFERER"), partial(_accept, environ))
         except Exception as error:  # refused: Flask says why, in its own words
             raise NotPlain from error
         etags = parse_etags(environ["HTTP_IF_NONE_MATCH"]) if (
@@ -150,7 +151,8 @@ class HitPath:
             **ask.headers, **limit, "X-Cache": "HIT", "Content-Type": _content_type(entry.mime),
             "Content-Length": str(len(entry.data))}, tenant=tenant.name, cache="hit")
 
-    def _lookup(self, environ: dict, query: MultiDict) -> Answer:
+    def _lookup(self, environ: dict) -> Answer:
+        query = _query(environ)
         key = key_in(environ.get("HTTP_X_API_KEY"), environ.get("HTTP_AUTHORIZATION"))
         if key is None or key_in_query(query):
             raise NotPlain  # 400 / 401: Flask says why
@@ -241,9 +243,9 @@ def _request_id(environ: dict) -> str:
     return environ["qcimage.request_id"]
 
 
-def _accept(environ: dict, query: MultiDict) -> MIMEAccept:
-    # Parsed only when it decides something: format=auto.
-    if query.get("format") != "auto" or "HTTP_ACCEPT" not in environ:
+def _accept(environ: dict) -> MIMEAccept:
+    # Asked for only when it decides something: format=auto.
+    if "HTTP_ACCEPT" not in environ:
         return _EMPTY_ACCEPT
     return parse_accept_header(environ["HTTP_ACCEPT"], MIMEAccept)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Blueprint, Response, g, request
@@ -106,15 +107,22 @@ class ImageRequest:
         return if_none_match.contains_weak(self.etag.strip('"')) or if_none_match.star_tag
 
 
-def prepare(services: Services, query: MultiDict, raw_path: str, raw_query: str,
-            referer: str | None, accept: MIMEAccept) -> ImageRequest:
+def prepare(services: Services, query: Callable[[], MultiDict], raw_path: str,
+            raw_query: str, referer: str | None,
+            accept: Callable[[], MIMEAccept]) -> ImageRequest:
     """Check an image request and say what it asks for; raises the APIError or
-    ServiceError (403, 410, 451...) that refuses it. Reads no Flask state."""
+    ServiceError (403, 410, 451...) that refuses it. Reads no Flask state.
+
+    ``query`` and ``accept`` are asked for only when needed: a query checked before
+    (see ``_checked_args``) is not parsed again, and Accept decides only ``format=auto``.
+    """
     args = _checked_args(services.signer, query, raw_path, raw_query)
     # Before the 304: a shared cache revalidating its copy must hear of the takedown.
     services.takedowns.check(args["url"])
     tenant = _signed_tenant(services, args["t"], referer)
-    fmt = negotiate(args["format"], services.settings.imaging.auto_formats, accept)
+    fmt = args["format"]
+    if fmt == "auto":
+        fmt = negotiate(fmt, services.settings.imaging.auto_formats, accept())
     job = RenderJob(args["url"], RenderSpec(args["width"], args["quality"], fmt),
                     brand=services.brands[tenant.name])
     etag = services.renderer.etag(job)
@@ -122,7 +130,8 @@ def prepare(services: Services, query: MultiDict, raw_path: str, raw_query: str,
                         caching_headers(args, etag, services.settings.cache.shared_cache_ttl))
 
 
-def _checked_args(signer: Signer, query: MultiDict, raw_path: str, raw_query: str) -> dict:
+def _checked_args(signer: Signer, query: Callable[[], MultiDict], raw_path: str,
+                  raw_query: str) -> dict:
     """The query's values once the schema, the signature and the canonical form passed.
 
     Those three depend on nothing but the request's bytes (and the signer's keys), and a
@@ -135,9 +144,10 @@ def _checked_args(signer: Signer, query: MultiDict, raw_path: str, raw_query: st
     if args is not None:
         signer.check_current(args["expires"])
         return args
-    args = load_query(_query, query)
-    signer.verify({name: query.get(name) for name in SIGNED_PARAMS}, args["sig"])
-    _require_canonical_url(query, raw_path, raw_query)
+    values = query()
+    args = load_query(_query, values)
+    signer.verify({name: values.get(name) for name in SIGNED_PARAMS}, args["sig"])
+    _require_canonical_url(values, raw_path, raw_query)
     with _CHECKED_LOCK:
         while len(_CHECKED) >= _CHECKED_MAX:
             del _CHECKED[next(iter(_CHECKED))]  # the oldest first
@@ -191,9 +201,9 @@ def taken_down(error: TakenDown):
 @bp.get(IMAGE_PATH)
 def image():
     services = current_services()
-    ask = prepare(services, request.args, raw_path(request.environ),
+    ask = prepare(services, lambda: request.args, raw_path(request.environ),
                   request.query_string.decode("latin-1"), request.headers.get("Referer"),
-                  request.accept_mimetypes)
+                  lambda: request.accept_mimetypes)
     g.tenant = ask.tenant
     if ask.not_modified(request.if_none_match):
         g.cache_status = "revalidated"
