@@ -322,7 +322,8 @@ def render_markdown(results: dict, chart_name: str) -> str:
          "Every cell gets the same spread of widths, shuffled: a miss's work grows with its "
          "width squared, and cells given widths in turn did unequal work. The stand-in "
          "prepared every source beforehand and only sleeps (`/_conditions`: image delay as "
-         "given, look-ups 0.3 s). Clients take the URLs until none is left (six rounds each); "
+         "given, look-ups 0.3 s). Clients (8 threads per client process) take the URLs until "
+         "none is left (six rounds each); "
          "misses/s is the steady rate, over the completions between the first and the last "
          "`clients` ones (the ramp up and the tail left out), the wall-clock rate beside it. "
          "Ideal = min(CPU-bound rate, clients / (delay + one miss's CPU time)), the CPU-bound "
@@ -332,8 +333,8 @@ def render_markdown(results: dict, chart_name: str) -> str:
          "distinct misses at a 0.8 s upstream: the excess must be refused at once with "
          "503 `overloaded`, the rest served. The 503 p99 is measured by the clients (the "
          "target's figure); the app's own timing of the same 503s (its access lines) is "
-         "beside it: the difference is the 64 Python client threads queueing on the same "
-         "two cores."),
+         "beside it: the difference is the clients' own work (8 processes of 8 threads) "
+         "queueing with the box's on the same two cores."),
         ("13. Hits, look-ups and 304s through the shipped nginx", "nginx", _throughput_table,
          "nginx with `nginx/qcimage.conf` (TLS, its image cache filled first, keep-alive to "
          "gunicorn) in front of the default instance; wrk over HTTPS, c=16."),
