@@ -39,6 +39,7 @@ from .auth import RESOLVED_KEY, key_in, key_in_query
 from .errors import error_body, log_service_error
 from .extensions import limiter, talisman
 from .logs import record_request, request_id
+from .recent import Recent
 from .services.signing import IMAGE_PATH
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ class HitPath:
         # {is https: {name: value}}: what Talisman adds to every response of this app.
         self.security = {secure: _talisman_headers(app, secure) for secure in (False, True)}
         self._limits: dict[str, tuple[RateLimitItem, ...]] = {}
+        self._encoded: Recent[tuple[dict, bytes, str]] = Recent(1024)
         self._routes = {IMAGE_PATH: self._image, products.LOOKUP_PATH: self._lookup}
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -162,7 +164,8 @@ class HitPath:
         tenant, key_name = resolved
         lookup = self.services.lookup
         try:
-            ask = products.prepare(tenant, query)
+            ask = products.prepare(self.services, tenant, lambda: query,
+                                   environ.get("QUERY_STRING", ""))
         except Exception as error:
             raise NotPlain from error
         ids = lookup.cached_image_ids(ask.product, ask.platform)
@@ -172,7 +175,12 @@ class HitPath:
         limit = self._take_limit(tenant.lookup_limit, _LOOKUP_SCOPE,
                                  products.rate_limit_key(tenant, key_name))
         lookup.count_hit(tenant.name)
-        data, content_type = self._json(body)
+        # products.answer gives the same body object for the same inputs: encode it once.
+        encoded = self._encoded.get(id(body))
+        if encoded is None or encoded[0] is not body:
+            encoded = (body, *self._json(body))
+            self._encoded.put(id(body), encoded)  # holding body, so its id stays its own
+        _, data, content_type = encoded
         return Answer(200, data, {"Content-Type": content_type,
                                   "Content-Length": str(len(data)), **headers, **limit},
                       tenant=tenant.name, cache="hit", api_key=key_name)

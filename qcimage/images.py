@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from flask import Blueprint, Response, g, request
 from werkzeug.datastructures import ETags, MIMEAccept, MultiDict
 
 from .errors import APIError, error_response
+from .recent import Recent
 from .extensions import client_ip, limiter
 from .schemas import ImageQuerySchema, load_query
 from .services.imaging import RenderSpec
@@ -26,9 +26,7 @@ bp = Blueprint("images", __name__)
 _query = ImageQuerySchema()
 _MAX_AGE = 86400
 # Queries that passed the checks that depend only on their bytes (see _checked_args).
-_CHECKED: dict[tuple[Signer, str, str], dict] = {}
-_CHECKED_MAX = 4096
-_CHECKED_LOCK = threading.Lock()
+_CHECKED: Recent[dict] = Recent(4096)
 
 
 def _named_tenant() -> Tenant | None:
@@ -136,7 +134,7 @@ def _checked_args(signer: Signer, query: Callable[[], MultiDict], raw_path: str,
 
     Those three depend on nothing but the request's bytes (and the signer's keys), and a
     cache hit repeats them for the same URL thousands of times a second: a query that
-    passed is remembered (the last ``_CHECKED_MAX``, per signer, read-only), and only
+    passed is remembered (the last 4096, per signer, read-only), and only
     its expiry is checked again. A query that failed is not: it is checked every time.
     """
     key = (signer, raw_path, raw_query)
@@ -148,10 +146,7 @@ def _checked_args(signer: Signer, query: Callable[[], MultiDict], raw_path: str,
     args = load_query(_query, values)
     signer.verify({name: values.get(name) for name in SIGNED_PARAMS}, args["sig"])
     _require_canonical_url(values, raw_path, raw_query)
-    with _CHECKED_LOCK:
-        while len(_CHECKED) >= _CHECKED_MAX:
-            del _CHECKED[next(iter(_CHECKED))]  # the oldest first
-        _CHECKED[key] = args
+    _CHECKED.put(key, args)
     return args
 
 

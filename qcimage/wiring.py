@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 
 from .config import Settings
+from .recent import Recent
 
 if TYPE_CHECKING:
     from .services.stores import Store
@@ -30,6 +31,9 @@ class Services:
     client: DoppelClient
     store: Store
     takedowns: TakedownList
+    # Look-ups checked and bodies built lately, by tenant name (products.prepare, .answer).
+    prepared_lookups: Recent = field(default_factory=lambda: Recent(1024))
+    lookup_bodies: Recent = field(default_factory=lambda: Recent(1024))
 
 
 def current_services() -> Services:
