@@ -96,6 +96,11 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     upstream = settings.upstream
     # Waiters on a concurrent fetch allow for its deadline plus one last socket read.
     fetch_wait = upstream.read_timeout + upstream.image_timeout
+    # Waiting for another's render covers its fetch too: the fetch's deadline, then
+    # RENDER_WAIT_TIMEOUT for a render slot and the render.
+    renders = RenderCache(store, wait_timeout=fetch_wait + cache.render_wait_timeout,
+                          hot_bytes=cache.hot_bytes)
+    takedowns.on_change.append(renders.hot.clear)
     return Services(
         settings=settings,
         brands=brands,
@@ -104,10 +109,7 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
             store, ttl=cache.lookup_ttl,
             wait_timeout=upstream.read_timeout + upstream.lookup_timeout), takedowns),
         renderer=ImageRenderer(
-            # Waiting for another's render covers its fetch too: the fetch's deadline, then
-            # RENDER_WAIT_TIMEOUT for a render slot and the render.
-            client, RenderCache(store, wait_timeout=fetch_wait + cache.render_wait_timeout),
-            engine,
+            client, renders, engine,
             source=SourcePolicy(upstream.source_width, upstream.source_format,
                                 upstream.source_quality),
             watermark_fingerprint=brands[first.name].fingerprint, takedowns=takedowns,
