@@ -129,7 +129,7 @@ def read_cache(reader: EnvReader, directory: Path | None) -> CacheSettings:
         redis_required=reader.bool("REDIS_REQUIRED", False),
         lookup_ttl=reader.int("LOOKUP_CACHE_TTL", 300, 0, 86400),
         render_wait_timeout=reader.float("RENDER_WAIT_TIMEOUT", 10.0, 0.1, 120),
-        hot_bytes=reader.int("HOT_CACHE_MB", 32, 0, 4096) * 1024 ** 2,
+        hot_bytes=reader.int("HOT_CACHE_MB", 16, 0, 4096) * 1024 ** 2,
         source_ttl=reader.int("SOURCE_CACHE_TTL", 60, 0, 3600),
         source_max_bytes=reader.int("SOURCE_CACHE_MAX_BYTES", 256 * 1024 ** 2,
                                     16 * 1024 ** 2, 1024 ** 4),
