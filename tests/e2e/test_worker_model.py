@@ -8,6 +8,7 @@ still waiting when another answered), never durations.
 
 from __future__ import annotations
 
+import os
 import runpy
 import secrets
 import socket
@@ -26,7 +27,20 @@ from tools import harness
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("clean_upstream")]
 
 IMAGE = "n4EYdIoE"
-DEFAULT_THREADS = runpy.run_path(str(harness.GUNICORN_CONF))["DEFAULT_THREADS"]
+
+
+def _default_threads():
+    # gunicorn.conf.py exports settings into os.environ when run: keep this process's own
+    # (PROMETHEUS_MULTIPROC_DIR left set made every later in-process metrics test read 0).
+    saved = dict(os.environ)
+    try:
+        return runpy.run_path(str(harness.GUNICORN_CONF))["DEFAULT_THREADS"]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+DEFAULT_THREADS = _default_threads()
 OTHER_IMAGE = "cR-eVGrQ"
 
 
