@@ -9,7 +9,7 @@ with one block listing every problem before any worker is forked.
 |-------------------------------|--------------------------------------|
 | QCIMAGE_BIND                  | 127.0.0.1:8000 (comma-separate more) |
 | QCIMAGE_WORKERS               | usable cores (at least 2, at most 12)|
-| QCIMAGE_THREADS               | 64 (gthread workers; 1: sync)        |
+| QCIMAGE_THREADS               | 128 (gthread workers; 1: sync)       |
 | QCIMAGE_HEAD_TIMEOUT          | 10 (s for a request's head; gthread) |
 | QCIMAGE_WORKER_TIMEOUT        | 30 (seconds)                         |
 | QCIMAGE_GRACEFUL_TIMEOUT      | 30 (seconds)                         |
@@ -46,10 +46,11 @@ import gunicorn.http.wsgi
 # QCIMAGE_WORKERS explicitly to go higher.
 DEFAULT_WORKERS_CAP = 12
 # Threads overlap upstream waits (hundreds of ms each); the app bounds the CPU-bound
-# renders per worker itself (QCIMAGE_RENDER_SLOTS / QCIMAGE_RENDER_QUEUE). 64: with 32,
-# 64 clients of slow misses split unevenly over two workers met the queue (threads - 8)
-# and got 503s; idle threads cost little memory.
-DEFAULT_THREADS = 64
+# renders per worker itself (QCIMAGE_RENDER_SLOTS / QCIMAGE_RENDER_QUEUE). 128: the
+# kernel hands new connections to the workers unevenly, and with 64 (a queue of 56) one
+# of two workers met its queue under 64 clients of misses and refused some with 503
+# while the other had room. Threads start only when needed and idle ones cost little.
+DEFAULT_THREADS = 128
 # Two workers never recycle within this many seconds of each other.
 RECYCLE_GAP_SECONDS = 30
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

@@ -293,8 +293,8 @@ def render_markdown(results: dict, chart_name: str) -> str:
          "these calls, so decode / resize / watermark / encode are separated."),
         ("5. Cache hits", "hits", _throughput_table,
          "wrk with a Lua script rotating over the nine warm srcset URLs of the default "
-         "product (3 images × 480/960/1440 webp), fresh connection per request (sync "
-         "workers close it). Cold renders: distinct URLs of the 4000x3000 JPEG at 960 webp, "
+         "product (3 images × 480/960/1440 webp), each wrk connection kept alive (as a "
+         "browser's or nginx's). Cold renders: distinct URLs of the 4000x3000 JPEG at 960 webp, "
          "same concurrency, bounded by count and time."),
         ("6. Revalidation (304)", "not_modified", _throughput_table,
          "wrk sending the image's ETag in `If-None-Match`; every answer was checked to be 304 "
@@ -317,22 +317,24 @@ def render_markdown(results: dict, chart_name: str) -> str:
          "are listed for comparison (recycled workers restart the count)."),
         ("11. Misses with a slow upstream (worker model)", "slow_upstream",
          _slow_upstream_table,
-         "Each request is a distinct source (an upright JPEG sample at a width from 800 "
-         "up), so neither the source cache nor coalescing can hide the wait; the stand-in "
+         "Each request is a distinct source (one of the 3 upright JPEG samples at a width from"
+         " 800 to 1303 px), so neither the source cache nor coalescing can hide the wait. "
+         "Every cell gets the same spread of widths, shuffled: a miss's work grows with its "
+         "width squared, and cells given widths in turn did unequal work. The stand-in "
          "prepared every source beforehand and only sleeps (`/_conditions`: image delay as "
-         "given, look-ups 0.3 s). Clients take the URLs until none is left (six rounds "
-         "each); misses/s is the steady rate, over the completions between the first and "
-         "the last `clients` ones (the ramp up and the tail left out), the wall-clock "
-         "rate beside it. Ideal = "
-         "min(CPU-bound rate, clients / (delay + one miss's CPU time)), the CPU-bound rate "
-         "being the best instant-upstream rate and one miss's CPU time cores / that rate."),
+         "given, look-ups 0.3 s). Clients (8 threads per client process) take the URLs until "
+         "none is left (six rounds each); "
+         "misses/s is the steady rate, over the completions between the first and the last "
+         "`clients` ones (the ramp up and the tail left out), the wall-clock rate beside it. "
+         "Ideal = min(CPU-bound rate, clients / (delay + one miss's CPU time)), the CPU-bound "
+         "rate being the best instant-upstream rate and one miss's CPU time cores / that rate."),
         ("12. Overload: a render queue below the load", "overload", _overload_block,
          "A second instance with `QCIMAGE_RENDER_QUEUE=8` per worker, 64 clients of "
          "distinct misses at a 0.8 s upstream: the excess must be refused at once with "
          "503 `overloaded`, the rest served. The 503 p99 is measured by the clients (the "
          "target's figure); the app's own timing of the same 503s (its access lines) is "
-         "beside it: the difference is the 64 Python client threads queueing on the same "
-         "two cores."),
+         "beside it: the difference is the clients' own work (8 processes of 8 threads) "
+         "queueing with the box's on the same two cores."),
         ("13. Hits, look-ups and 304s through the shipped nginx", "nginx", _throughput_table,
          "nginx with `nginx/qcimage.conf` (TLS, its image cache filled first, keep-alive to "
          "gunicorn) in front of the default instance; wrk over HTTPS, c=16."),

@@ -31,12 +31,14 @@ log = logging.getLogger(__name__)
 
 def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     """Build the app. ``test_config`` replaces the environment (``QCIMAGE_*`` names)."""
+    from .extensions import limiter_storage_uri
+
     app = Flask(__name__, instance_relative_config=True)
     settings = load_settings(environment(test_config),
                              default_cache_dir=default_cache_dir(app.instance_path))
     app.config.update(
         MAX_CONTENT_LENGTH=64 * 1024,
-        RATELIMIT_STORAGE_URI=settings.limits.storage_uri,
+        RATELIMIT_STORAGE_URI=limiter_storage_uri(settings.limits.storage_uri),
         RATELIMIT_STORAGE_OPTIONS=limiter_storage_options(settings.limits.storage_uri),
         RATELIMIT_HEADERS_ENABLED=True,
         # Flask-Limiter would put its window's end in Retry-After on every response,

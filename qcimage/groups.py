@@ -46,6 +46,7 @@ class CacheSettings:
     redis_required: bool
     lookup_ttl: int
     render_wait_timeout: float
+    hot_bytes: int  # renders each worker keeps in memory (RenderCache.hot); 0: none
     source_ttl: int  # fetched sources (SourceCache); 0 disables
     source_max_bytes: int
     takedown_refresh: float  # seconds a worker may go without checking the takedown list
@@ -128,6 +129,7 @@ def read_cache(reader: EnvReader, directory: Path | None) -> CacheSettings:
         redis_required=reader.bool("REDIS_REQUIRED", False),
         lookup_ttl=reader.int("LOOKUP_CACHE_TTL", 300, 0, 86400),
         render_wait_timeout=reader.float("RENDER_WAIT_TIMEOUT", 10.0, 0.1, 120),
+        hot_bytes=reader.int("HOT_CACHE_MB", 16, 0, 4096) * 1024 ** 2,
         source_ttl=reader.int("SOURCE_CACHE_TTL", 60, 0, 3600),
         source_max_bytes=reader.int("SOURCE_CACHE_MAX_BYTES", 256 * 1024 ** 2,
                                     16 * 1024 ** 2, 1024 ** 4),

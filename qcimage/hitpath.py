@@ -23,6 +23,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
@@ -38,6 +39,7 @@ from .auth import RESOLVED_KEY, key_in, key_in_query
 from .errors import error_body, log_service_error
 from .extensions import limiter, talisman
 from .logs import record_request, request_id
+from .recent import Recent
 from .services.signing import IMAGE_PATH
 
 if TYPE_CHECKING:
@@ -82,6 +84,7 @@ class HitPath:
         # {is https: {name: value}}: what Talisman adds to every response of this app.
         self.security = {secure: _talisman_headers(app, secure) for secure in (False, True)}
         self._limits: dict[str, tuple[RateLimitItem, ...]] = {}
+        self._encoded: Recent[tuple[dict, bytes, str]] = Recent(1024)
         self._routes = {IMAGE_PATH: self._image, products.LOOKUP_PATH: self._lookup}
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -96,7 +99,7 @@ class HitPath:
                       or environ.get("HTTP_X_FORWARDED_PROTO", "http") == "https")
             if self.force_https and not secure:
                 raise NotPlain  # Talisman redirects it
-            answer = route(environ, _query(environ))
+            answer = route(environ)
             status, headers, body = self._respond(environ, started, secure, answer)
         except (NotPlain, *_BACKING_FAILURES):
             # A backing service down (Redis, the cache folder): Flask meets it too and
@@ -112,11 +115,11 @@ class HitPath:
         start_response(status, headers)
         return body
 
-    def _image(self, environ: dict, query: MultiDict) -> Answer:
+    def _image(self, environ: dict) -> Answer:
         try:
-            ask = images.prepare(self.services, query, images.raw_path(environ),
-                                 environ.get("QUERY_STRING", ""), environ.get("HTTP_REFERER"),
-                                 _accept(environ, query))
+            ask = images.prepare(self.services, partial(_query, environ),
+                                 images.raw_path(environ), environ.get("QUERY_STRING", ""),
+                                 environ.get("HTTP_REFERER"), partial(_accept, environ))
         except Exception as error:  # refused: Flask says why, in its own words
             raise NotPlain from error
         etags = parse_etags(environ["HTTP_IF_NONE_MATCH"]) if (
@@ -150,7 +153,8 @@ class HitPath:
             **ask.headers, **limit, "X-Cache": "HIT", "Content-Type": _content_type(entry.mime),
             "Content-Length": str(len(entry.data))}, tenant=tenant.name, cache="hit")
 
-    def _lookup(self, environ: dict, query: MultiDict) -> Answer:
+    def _lookup(self, environ: dict) -> Answer:
+        query = _query(environ)
         key = key_in(environ.get("HTTP_X_API_KEY"), environ.get("HTTP_AUTHORIZATION"))
         if key is None or key_in_query(query):
             raise NotPlain  # 400 / 401: Flask says why
@@ -160,7 +164,8 @@ class HitPath:
         tenant, key_name = resolved
         lookup = self.services.lookup
         try:
-            ask = products.prepare(tenant, query)
+            ask = products.prepare(self.services, tenant, lambda: query,
+                                   environ.get("QUERY_STRING", ""))
         except Exception as error:
             raise NotPlain from error
         ids = lookup.cached_image_ids(ask.product, ask.platform)
@@ -170,7 +175,12 @@ class HitPath:
         limit = self._take_limit(tenant.lookup_limit, _LOOKUP_SCOPE,
                                  products.rate_limit_key(tenant, key_name))
         lookup.count_hit(tenant.name)
-        data, content_type = self._json(body)
+        # products.answer gives the same body object for the same inputs: encode it once.
+        encoded = self._encoded.get(id(body))
+        if encoded is None or encoded[0] is not body:
+            encoded = (body, *self._json(body))
+            self._encoded.put(id(body), encoded)  # holding body, so its id stays its own
+        _, data, content_type = encoded
         return Answer(200, data, {"Content-Type": content_type,
                                   "Content-Length": str(len(data)), **headers, **limit},
                       tenant=tenant.name, cache="hit", api_key=key_name)
@@ -241,9 +251,9 @@ def _request_id(environ: dict) -> str:
     return environ["qcimage.request_id"]
 
 
-def _accept(environ: dict, query: MultiDict) -> MIMEAccept:
-    # Parsed only when it decides something: format=auto.
-    if query.get("format") != "auto" or "HTTP_ACCEPT" not in environ:
+def _accept(environ: dict) -> MIMEAccept:
+    # Asked for only when it decides something: format=auto.
+    if "HTTP_ACCEPT" not in environ:
         return _EMPTY_ACCEPT
     return parse_accept_header(environ["HTTP_ACCEPT"], MIMEAccept)
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Blueprint, Response, g, request
 from werkzeug.datastructures import ETags, MIMEAccept, MultiDict
 
 from .errors import APIError, error_response
+from .recent import Recent
 from .extensions import client_ip, limiter
 from .schemas import ImageQuerySchema, load_query
 from .services.imaging import RenderSpec
 from .services.pipeline import RenderJob
-from .services.signing import IMAGE_PATH, SIGNED_PARAMS, URL_PARAMS, canonical_image_url
+from .services.signing import (IMAGE_PATH, SIGNED_PARAMS, URL_PARAMS, Signer,
+                               canonical_image_url)
 from .tenants import Tenant
 from .services.takedown import TakenDown
 from .vocabulary import OUTPUT_FORMATS
@@ -22,6 +25,8 @@ from .wiring import Services, current_services
 bp = Blueprint("images", __name__)
 _query = ImageQuerySchema()
 _MAX_AGE = 86400
+# Queries that passed the checks that depend only on their bytes (see _checked_args).
+_CHECKED: Recent[dict] = Recent(4096)
 
 
 def _named_tenant() -> Tenant | None:
@@ -100,22 +105,49 @@ class ImageRequest:
         return if_none_match.contains_weak(self.etag.strip('"')) or if_none_match.star_tag
 
 
-def prepare(services: Services, query: MultiDict, raw_path: str, raw_query: str,
-            referer: str | None, accept: MIMEAccept) -> ImageRequest:
+def prepare(services: Services, query: Callable[[], MultiDict], raw_path: str,
+            raw_query: str, referer: str | None,
+            accept: Callable[[], MIMEAccept]) -> ImageRequest:
     """Check an image request and say what it asks for; raises the APIError or
-    ServiceError (403, 410, 451...) that refuses it. Reads no Flask state."""
-    args = load_query(_query, query)
-    services.signer.verify({name: query.get(name) for name in SIGNED_PARAMS}, args["sig"])
-    _require_canonical_url(query, raw_path, raw_query)
+    ServiceError (403, 410, 451...) that refuses it. Reads no Flask state.
+
+    ``query`` and ``accept`` are asked for only when needed: a query checked before
+    (see ``_checked_args``) is not parsed again, and Accept decides only ``format=auto``.
+    """
+    args = _checked_args(services.signer, query, raw_path, raw_query)
     # Before the 304: a shared cache revalidating its copy must hear of the takedown.
     services.takedowns.check(args["url"])
     tenant = _signed_tenant(services, args["t"], referer)
-    fmt = negotiate(args["format"], services.settings.imaging.auto_formats, accept)
+    fmt = args["format"]
+    if fmt == "auto":
+        fmt = negotiate(fmt, services.settings.imaging.auto_formats, accept())
     job = RenderJob(args["url"], RenderSpec(args["width"], args["quality"], fmt),
                     brand=services.brands[tenant.name])
     etag = services.renderer.etag(job)
     return ImageRequest(args, tenant, job, etag,
                         caching_headers(args, etag, services.settings.cache.shared_cache_ttl))
+
+
+def _checked_args(signer: Signer, query: Callable[[], MultiDict], raw_path: str,
+                  raw_query: str) -> dict:
+    """The query's values once the schema, the signature and the canonical form passed.
+
+    Those three depend on nothing but the request's bytes (and the signer's keys), and a
+    cache hit repeats them for the same URL thousands of times a second: a query that
+    passed is remembered (the last 4096, per signer, read-only), and only
+    its expiry is checked again. A query that failed is not: it is checked every time.
+    """
+    key = (signer, raw_path, raw_query)
+    args = _CHECKED.get(key)
+    if args is not None:
+        signer.check_current(args["expires"])
+        return args
+    values = query()
+    args = load_query(_query, values)
+    signer.verify({name: values.get(name) for name in SIGNED_PARAMS}, args["sig"])
+    _require_canonical_url(values, raw_path, raw_query)
+    _CHECKED.put(key, args)
+    return args
 
 
 def raw_path(environ: dict) -> str:
@@ -164,9 +196,9 @@ def taken_down(error: TakenDown):
 @bp.get(IMAGE_PATH)
 def image():
     services = current_services()
-    ask = prepare(services, request.args, raw_path(request.environ),
+    ask = prepare(services, lambda: request.args, raw_path(request.environ),
                   request.query_string.decode("latin-1"), request.headers.get("Referer"),
-                  request.accept_mimetypes)
+                  lambda: request.accept_mimetypes)
     g.tenant = ask.tenant
     if ask.not_modified(request.if_none_match):
         g.cache_status = "revalidated"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Blueprint, g, request
@@ -52,15 +53,15 @@ limiter.shared_limit(_rate_limit, scope="lookup", key_func=_rate_limit_key,
                      methods=["GET", "HEAD"])(bp)
 
 
-def link_maker(services: Services, tenant: Tenant, quality: int, fmt: str):
+def link_maker(services: Services, tenant: Tenant, quality: int, fmt: str,
+               expires: int | None):
     """``link(image_id, width)``: absolute signed /api/image URLs on the public base URL,
     carrying the tenant (``t``) whose watermark they show.
 
-    The expiry is worked out once per look-up; the expiry is rounded to a bucket, so the
-    same links come back look-up after look-up and each is signed once per bucket.
+    ``expires`` is worked out once per look-up and rounded to a bucket, so the same
+    links come back look-up after look-up and each is signed once per bucket.
     """
     settings = services.settings
-    expires = services.signer.expiry(tenant.defaults.link_ttl, settings.signed_url_bucket)
     t = settings.tenants.link_name(tenant)
 
     def link(image_id: str, width: int) -> str:
@@ -91,8 +92,21 @@ class LookupRequest:
     platform: str
 
 
-def prepare(tenant: Tenant, query: MultiDict) -> LookupRequest:
-    """Check a look-up's query (raises the 400 that explains what is wrong); no Flask state."""
+def prepare(services: Services, tenant: Tenant, query: Callable[[], MultiDict],
+            raw_query: str) -> LookupRequest:
+    """Check a look-up's query (raises the 400 that explains what is wrong); no Flask state.
+
+    What a query asks depends only on its bytes and the tenant's defaults: a query that
+    passed is remembered (``Services.prepared_lookups``, read-only) and not parsed again."""
+    key = (tenant.name, raw_query)
+    ask = services.prepared_lookups.get(key)
+    if ask is None:
+        ask = _prepare(tenant, query())
+        services.prepared_lookups.put(key, ask)
+    return ask
+
+
+def _prepare(tenant: Tenant, query: MultiDict) -> LookupRequest:
     args = load_query(_query, query)
     # The tenant's defaults stand in for what was not sent.
     args.update({name: getattr(tenant.defaults, name) for name in ("width", "quality", "format")
@@ -105,30 +119,28 @@ def prepare(tenant: Tenant, query: MultiDict) -> LookupRequest:
 
 def answer(services: Services, tenant: Tenant, ask: LookupRequest, ids: list[str],
            cache_status: str) -> tuple[dict, dict[str, str]]:
-    """(JSON body, headers) of a look-up that found ``ids``."""
+    """(JSON body, headers) of a look-up that found ``ids``.
+
+    The body is a function of the request, the ids, the links' expiry bucket and the
+    sizes known so far: the same inputs give the same body object (``Services.
+    lookup_bodies``, read-only), so a warm look-up neither signs nor dumps again."""
     if not ids:
         raise APIError(404, "no_images",
                        f"product {ask.product} on {ask.platform} has no QC images")
     # A product listing thousands of ids must not make a look-up unbounded in time,
     # memory and bytes: the first max_product_images, in upstream order, and say so.
-    cap = services.settings.max_product_images
+    shown = tuple(ids[:services.settings.max_product_images])
+    width = ask.args["width"]
+    sizes = tuple(services.renderer.known_size(image_id, width) for image_id in shown)
+    expires = services.signer.expiry(tenant.defaults.link_ttl,
+                                     services.settings.signed_url_bucket)
     args = ask.args
-    link = link_maker(services, tenant, args["quality"], args["format"])
-    images = []
-    for image_id in ids[:cap]:
-        image = {
-            "original": image_id,
-            "watermarked": link(image_id, args["width"]),
-            "srcset": ", ".join(f"{link(image_id, w)} {w}w"
-                                for w in tenant.defaults.srcset_widths),
-        }
-        size = services.renderer.known_size(image_id, args["width"])
-        if size:
-            image["width"], image["height"] = size
-        images.append(image)
-    body = _response.dump({
-        "success": True, "productId": ask.product, "storePlatform": ask.platform,
-        "totalImages": len(images), "truncated": len(ids) > cap, "images": images})
+    key = (tenant.name, ask.product, ask.platform, width, args["quality"], args["format"],
+           shown, len(ids) > len(shown), sizes, expires)
+    body = services.lookup_bodies.get(key)
+    if body is None:
+        body = _body(services, tenant, ask, *key[6:])
+        services.lookup_bodies.put(key, body)
     headers = {"Cache-Control": "private, no-store"}
     if cache_status == "stale":
         headers["X-Stale"] = "1"
@@ -136,11 +148,32 @@ def answer(services: Services, tenant: Tenant, ask: LookupRequest, ids: list[str
     return body, headers
 
 
+def _body(services: Services, tenant: Tenant, ask: LookupRequest, shown: tuple[str, ...],
+          truncated: bool, sizes: tuple, expires: int | None) -> dict:
+    args = ask.args
+    link = link_maker(services, tenant, args["quality"], args["format"], expires)
+    images = []
+    for image_id, size in zip(shown, sizes):
+        image = {
+            "original": image_id,
+            "watermarked": link(image_id, args["width"]),
+            "srcset": ", ".join(f"{link(image_id, w)} {w}w"
+                                for w in tenant.defaults.srcset_widths),
+        }
+        if size:
+            image["width"], image["height"] = size
+        images.append(image)
+    return _response.dump({
+        "success": True, "productId": ask.product, "storePlatform": ask.platform,
+        "totalImages": len(images), "truncated": truncated, "images": images})
+
+
 @bp.get(LOOKUP_PATH)
 def qc_images():
     tenant = g.tenant
     services = current_services()
-    ask = prepare(tenant, request.args)
+    ask = prepare(services, tenant, lambda: request.args,
+                  request.query_string.decode("latin-1"))
     try:
         ids, g.cache_status = services.lookup.image_ids(ask.product, ask.platform, tenant.name)
     except UpstreamNotFound:

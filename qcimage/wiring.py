@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 
 from .config import Settings
+from .recent import Recent
 
 if TYPE_CHECKING:
     from .services.stores import Store
@@ -30,6 +31,9 @@ class Services:
     client: DoppelClient
     store: Store
     takedowns: TakedownList
+    # Look-ups checked and bodies built lately, by tenant name (products.prepare, .answer).
+    prepared_lookups: Recent = field(default_factory=lambda: Recent(1024))
+    lookup_bodies: Recent = field(default_factory=lambda: Recent(1024))
 
 
 def current_services() -> Services:
@@ -92,6 +96,11 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
     upstream = settings.upstream
     # Waiters on a concurrent fetch allow for its deadline plus one last socket read.
     fetch_wait = upstream.read_timeout + upstream.image_timeout
+    # Waiting for another's render covers its fetch too: the fetch's deadline, then
+    # RENDER_WAIT_TIMEOUT for a render slot and the render.
+    renders = RenderCache(store, wait_timeout=fetch_wait + cache.render_wait_timeout,
+                          hot_bytes=cache.hot_bytes)
+    takedowns.on_change.append(renders.hot.clear)
     return Services(
         settings=settings,
         brands=brands,
@@ -100,10 +109,7 @@ def build_services(settings: Settings, instance_path: Path) -> Services:
             store, ttl=cache.lookup_ttl,
             wait_timeout=upstream.read_timeout + upstream.lookup_timeout), takedowns),
         renderer=ImageRenderer(
-            # Waiting for another's render covers its fetch too: the fetch's deadline, then
-            # RENDER_WAIT_TIMEOUT for a render slot and the render.
-            client, RenderCache(store, wait_timeout=fetch_wait + cache.render_wait_timeout),
-            engine,
+            client, renders, engine,
             source=SourcePolicy(upstream.source_width, upstream.source_format,
                                 upstream.source_quality),
             watermark_fingerprint=brands[first.name].fingerprint, takedowns=takedowns,

@@ -66,8 +66,8 @@ def test_defaults_suit_a_box_behind_nginx(load_conf, monkeypatch):
     assert conf.bind == ["127.0.0.1:8000"]
     # One gthread worker per core, its threads overlapping upstream waits.
     assert conf.workers == 2
-    assert conf.threads == 64
-    assert os.environ["QCIMAGE_THREADS"] == "64"
+    assert conf.threads == 128
+    assert os.environ["QCIMAGE_THREADS"] == "128"
     assert conf.timeout == 30
     assert conf.graceful_timeout == 30
     assert conf.keepalive == 5

@@ -161,6 +161,30 @@ def test_expired_url_is_410(client, upstream):
     assert len(upstream.calls) == 0
 
 
+def test_a_link_served_before_still_expires(app, client, upstream, jpeg_source):
+    # The checks that depend only on the URL's bytes are remembered after the first
+    # request; the expiry must still be checked on every one.
+    add_image(upstream, jpeg_source)
+    url = signed(base(expires=str(int(time.time()) + 60)))
+    assert client.get(url).status_code == 200
+    assert client.get(url).status_code == 200
+    app.extensions["qcimage"].signer._clock = lambda: time.time() + 120
+    response = client.get(url)
+    assert response.status_code == 410
+    assert response.get_json()["error"] == "url_expired"
+
+
+def test_a_link_accepted_under_one_signing_key_is_refused_under_another(
+        env, upstream, jpeg_source):
+    add_image(upstream, jpeg_source)
+    url = signed(base())
+    assert create_app(env).test_client().get(url).status_code == 200
+    other = create_app({**env, "QCIMAGE_SIGNING_KEYS": "o" * 40}).test_client()
+    response = other.get(url)
+    assert response.status_code == 403
+    assert response.get_json()["error"] == "invalid_signature"
+
+
 @pytest.mark.parametrize("query", ["url=n4EYdIoE&url=cR-eVGrQ", "url=n4EYdIoE&width=480&width=4",
                                    "url=n4EYdIoE&watermark=0", "url=../etc", "url=a%2fb",
                                    "url=http:x", "width=480", "url=n4EYdIoE&width=0480"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from urllib.parse import unquote
 
 import pytest
@@ -494,3 +495,27 @@ def test_arbitrary_link_text_is_a_200_or_a_clear_400_never_a_500(unlimited_clien
     # A look-up refuses the same text the same way, before any upstream call.
     looked_up = get("/api/qc-images")
     assert (looked_up.status_code, looked_up.get_json()["error"]) == (400, body["error"])
+
+
+def test_warm_lookups_move_to_the_next_expiry_bucket(api_get, app, upstream):
+    # Warm look-ups reuse the body they built; the links' expiry still moves on.
+    add_product(upstream, ids=("n4EYdIoE",))
+    first = api_get(id="7494645791").get_json()
+    assert api_get(id="7494645791").get_json() == first
+    signer = app.extensions["qcimage"].signer
+    later = time.time() + 2 * app.extensions["qcimage"].settings.signed_url_bucket
+    signer._clock = lambda: later
+    moved = api_get(id="7494645791").get_json()
+    old, new = (query(body["images"][0]["watermarked"]) for body in (first, moved))
+    assert int(new["expires"]) > int(old["expires"]) and new["sig"] != old["sig"]
+
+
+def test_two_apps_in_one_process_never_share_a_lookup_body(env, upstream):
+    add_product(upstream, ids=("n4EYdIoE",))
+    bodies = []
+    for public in ("https://a.example", "https://b.example"):
+        client = create_app({**env, "QCIMAGE_PUBLIC_URL": public}).test_client()
+        bodies.append(client.get("/api/qc-images?id=7494645791",
+                                 headers={"X-API-Key": API_KEY}).get_json())
+    assert bodies[0]["images"][0]["watermarked"].startswith("https://a.example/")
+    assert bodies[1]["images"][0]["watermarked"].startswith("https://b.example/")

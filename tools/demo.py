@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             ("logs", str(Path(server.log_path))),
         ]), flush=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        # Ctrl-C stops it even when started where SIGINT is ignored (a shell's background
+        # job, nohup): Python then never installs its own KeyboardInterrupt handler.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             signal.pause()
         except KeyboardInterrupt:

@@ -83,7 +83,10 @@ class Signer:
         if not any(hmac.compare_digest(candidate, self._digest(key, params).encode())
                    for key in self._keys):
             raise SignatureInvalid("the image URL signature does not match its parameters")
-        expires = params.get("expires")
+        self.check_current(params.get("expires"))
+
+    def check_current(self, expires: str | int | None) -> None:
+        """Raise SignatureExpired once a verified link's ``expires`` has passed."""
         if expires is not None and int(expires) < self._clock():
             raise SignatureExpired("this image URL has expired; look the product up again")
 

@@ -212,6 +212,9 @@ class TakedownList:
         self._loaded = False
         self._unreachable = False
         self._lock = threading.Lock()
+        # Called after every change this worker sees (a worker's in-memory copies, which a
+        # purge of the stores does not reach, are dropped there).
+        self.on_change: list[Callable[[], object]] = []
 
     def check(self, image_id: str) -> None:
         """Raise TakenDown when ``image_id`` is on the list."""
@@ -270,6 +273,8 @@ class TakedownList:
         self._stamp, self._loaded = stamp, True
         self._replace(records)
         self._write_snapshot()
+        for changed in self.on_change:
+            changed()
 
     def _replace(self, records: dict[str, Takedown]) -> None:
         added = records.keys() - self._records.keys()

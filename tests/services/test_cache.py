@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from qcimage.services.cache import Entry, LookupCache, RenderCache, SourceCache
+from qcimage.services.cache import Entry, HotRenders, LookupCache, RenderCache, SourceCache
 from qcimage.services.flight import FlightTimeout
 from qcimage.services.stores import DiskStore, RedisStore, TieredStore
 from tools import harness
@@ -194,3 +194,53 @@ def test_a_shared_hit_copied_to_the_local_disk_keeps_its_tag(tmp_path, redis_url
     assert disk.get("r:k") == b"from another box"
     assert disk.purge("abc") == 1 and disk.get("r:k") is None
     disk.close()
+
+
+class CountingStore:
+    """A store that counts the renders it was asked for."""
+
+    def __init__(self, store):
+        self.inner, self.render_reads = store, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def get(self, key, *, tag=None):
+        self.render_reads += key.startswith("r:")
+        return self.inner.get(key, tag=tag)
+
+
+def test_a_worker_serves_its_latest_renders_from_memory(store):
+    counting = CountingStore(store)
+    cache = RenderCache(counting, hot_bytes=1024 ** 2)
+    entry, cached = cache.get_or_render("k", lambda: Entry(b"x" * 100, "image/webp"))
+    assert not cached
+    reads = counting.render_reads
+    assert [cache.get("k") for _ in range(5)] == [entry] * 5
+    assert counting.render_reads == reads  # the store was not asked again
+    # Another worker's render, found in the shared store once, then kept.
+    store.set("r:other", Entry(b"y" * 100, "image/png").pack())
+    assert cache.get("other").data == b"y" * 100 and cache.get("other").data == b"y" * 100
+    assert counting.render_reads == reads + 1
+
+
+def test_without_a_budget_every_hit_reads_the_store(store):
+    counting = CountingStore(store)
+    cache = RenderCache(counting, hot_bytes=0)
+    cache.get_or_render("k", lambda: Entry(b"x" * 100, "image/webp"))
+    reads = counting.render_reads
+    for _ in range(3):
+        assert cache.get("k").data == b"x" * 100
+    assert counting.render_reads == reads + 3
+
+
+def test_memory_for_renders_stays_within_its_budget_oldest_out_first():
+    hot = HotRenders(1000)
+    for n in range(20):
+        hot.put(f"k{n}", Entry(bytes(100), "image/webp"))
+    assert hot.bytes <= 1000
+    assert hot.get("k19") is not None and hot.get("k0") is None
+    hot.put("big", Entry(bytes(200), "image/webp"))  # over an eighth: not kept
+    assert hot.get("big") is None
+    hot.clear()
+    assert hot.bytes == 0 and hot.get("k19") is None
