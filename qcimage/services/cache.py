@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..recent import Recent
 from .flight import Flight
 
 if TYPE_CHECKING:
@@ -208,11 +209,18 @@ class LookupCache:
         self.stale_ttl = stale_ttl
         self.clock = clock
         self.flight: Flight[list[str]] = _flight(store, wait_timeout)
+        # Entries this worker saw fresh, until they are not: an entry fresh in the store
+        # is never replaced before its ttl (only a stale one is fetched again), so the
+        # copy answers as the store would, without reading and parsing it each time.
+        self._fresh: Recent[tuple[list[str], float]] = Recent(4096)
 
     def get(self, key: str) -> tuple[list[str], bool] | None:
-        """(image ids, fresh) or None."""
+        """(image ids, fresh) or None. The ids are shared: callers keep them read-only."""
         if self.ttl <= 0:
             return None
+        seen = self._fresh.get(key)
+        if seen is not None and self.clock() - seen[1] < self.ttl:
+            return seen[0], True
         raw = self.store.get(_LOOKUP + key)
         if raw is None:
             return None
@@ -221,13 +229,18 @@ class LookupCache:
             ids, at = list(stored["ids"]), float(stored["at"])
         except (ValueError, KeyError, TypeError):
             return None
-        return ids, self.clock() - at < self.ttl
+        fresh = self.clock() - at < self.ttl
+        if fresh:
+            self._fresh.put(key, (ids, at))
+        return ids, fresh
 
     def set(self, key: str, ids: list[str]) -> None:
         if self.ttl <= 0:
             return
-        raw = json.dumps({"ids": ids, "at": self.clock()}).encode()
+        at = self.clock()
+        raw = json.dumps({"ids": ids, "at": at}).encode()
         self.store.set(_LOOKUP + key, raw, expire=self.ttl + self.stale_ttl)
+        self._fresh.put(key, (list(ids), at))
 
     def get_or_fetch(self, key: str, fetch: Callable[[], list[str]]) -> tuple[list[str], bool]:
         """(image ids, fetched by this call); concurrent misses ask upstream once."""

@@ -244,3 +244,27 @@ def test_memory_for_renders_stays_within_its_budget_oldest_out_first():
     assert hot.get("big") is None
     hot.clear()
     assert hot.bytes == 0 and hot.get("k19") is None
+
+
+def test_a_worker_answers_a_fresh_lookup_without_reading_the_store_until_it_goes_stale(store):
+    now = [1000.0]
+    counting = CountingStore(store)
+    cache = LookupCache(counting, ttl=300, clock=lambda: now[0])
+    other_worker = LookupCache(store, ttl=300, clock=lambda: now[0])
+    other_worker.set("WEIDIAN:1", ["a", "b"])
+    reads = []
+    original = counting.get
+
+    def get(key, *, tag=None):
+        reads.append(key)
+        return original(key, tag=tag)
+
+    counting.get = get
+    assert cache.get("WEIDIAN:1") == (["a", "b"], True)
+    assert [cache.get("WEIDIAN:1") for _ in range(3)] == [(["a", "b"], True)] * 3
+    assert len(reads) == 1  # read once, then answered from memory while fresh
+    now[0] += 301
+    assert cache.get("WEIDIAN:1") == (["a", "b"], False)  # stale: the store says so
+    other_worker.set("WEIDIAN:1", ["c"])  # fetched again by another worker
+    assert cache.get("WEIDIAN:1") == (["c"], True)
+    assert len(reads) == 3
