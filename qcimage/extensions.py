@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -12,6 +13,8 @@ from flask_cors import CORS
 from flask_limiter import Limiter
 from flask_talisman import Talisman
 from limits.storage import MemoryStorage
+
+log = logging.getLogger(__name__)
 
 
 def client_ip() -> str:
@@ -77,7 +80,14 @@ class SweptMemoryStorage(MemoryStorage):
 def _sweep(storage_ref: weakref.ref) -> None:
     while (storage := storage_ref()) is not None:
         interval = storage.SWEEP_SECONDS
-        storage.sweep()
+        try:
+            storage.sweep()
+        except Exception:  # the next sweep must still come
+            # limits' sweep reads keys a request thread may drop meanwhile (KeyError):
+            # one missed sweep is harmless, a sweeper ended for good would leak every
+            # bucket never hit again.
+            log.debug("rate-limit sweep interrupted; sweeping again in %gs", interval,
+                      exc_info=True)
         del storage  # the app may go (tests build many): the thread then ends
         time.sleep(interval)
 

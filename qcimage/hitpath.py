@@ -84,7 +84,8 @@ class HitPath:
         # {is https: {name: value}}: what Talisman adds to every response of this app.
         self.security = {secure: _talisman_headers(app, secure) for secure in (False, True)}
         self._limits: dict[str, tuple[RateLimitItem, ...]] = {}
-        self._encoded: Recent[tuple[dict, bytes, str]] = Recent(1024)
+        # As many as products.answer keeps bodies: only bodies still kept are met again.
+        self._encoded: Recent[tuple[dict, bytes, str]] = Recent(256)
         self._routes = {IMAGE_PATH: self._image, products.LOOKUP_PATH: self._lookup}
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -179,7 +180,8 @@ class HitPath:
         encoded = self._encoded.get(id(body))
         if encoded is None or encoded[0] is not body:
             encoded = (body, *self._json(body))
-            self._encoded.put(id(body), encoded)  # holding body, so its id stays its own
+            if len(body["images"]) <= products.MEMO_MAX_IMAGES:  # the bodies answer keeps
+                self._encoded.put(id(body), encoded)  # holding body: its id stays its own
         _, data, content_type = encoded
         return Answer(200, data, {"Content-Type": content_type,
                                   "Content-Length": str(len(data)), **headers, **limit},

@@ -24,6 +24,8 @@ from .wiring import Services, current_services
 # Guarded by the API-key hook, attached where it is registered (create_app).
 bp = Blueprint("products", __name__)
 LOOKUP_PATH = "/api/qc-images"
+# Bodies of products with more images than this are not kept (see answer).
+MEMO_MAX_IMAGES = 64
 _query = ProductQuerySchema()
 _response = ProductResponseSchema()
 _link_query = LinkQuerySchema()
@@ -140,7 +142,8 @@ def answer(services: Services, tenant: Tenant, ask: LookupRequest, ids: list[str
     body = services.lookup_bodies.get(key)
     if body is None:
         body = _body(services, tenant, ask, *key[6:])
-        services.lookup_bodies.put(key, body)
+        if len(shown) <= MEMO_MAX_IMAGES:  # a big product's body is built each time
+            services.lookup_bodies.put(key, body)
     headers = {"Cache-Control": "private, no-store"}
     if cache_status == "stale":
         headers["X-Stale"] = "1"

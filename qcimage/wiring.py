@@ -31,9 +31,10 @@ class Services:
     client: DoppelClient
     store: Store
     takedowns: TakedownList
-    # Look-ups checked and bodies built lately, by tenant name (products.prepare, .answer).
+    # Look-ups checked and bodies built lately, by tenant name (products.prepare, .answer);
+    # bodies of at most products.MEMO_MAX_IMAGES images, so 256 stay a few MB.
     prepared_lookups: Recent = field(default_factory=lambda: Recent(1024))
-    lookup_bodies: Recent = field(default_factory=lambda: Recent(1024))
+    lookup_bodies: Recent = field(default_factory=lambda: Recent(256))
 
 
 def current_services() -> Services:

@@ -519,3 +519,15 @@ def test_two_apps_in_one_process_never_share_a_lookup_body(env, upstream):
                                  headers={"X-API-Key": API_KEY}).get_json())
     assert bodies[0]["images"][0]["watermarked"].startswith("https://a.example/")
     assert bodies[1]["images"][0]["watermarked"].startswith("https://b.example/")
+
+
+def test_bodies_of_big_products_are_not_kept(api_get, app, upstream):
+    from qcimage.products import MEMO_MAX_IMAGES
+
+    services = app.extensions["qcimage"]
+    add_product(upstream, ids=tuple(f"img{n:05d}" for n in range(MEMO_MAX_IMAGES + 1)))
+    add_product(upstream, product_id="7494645792", ids=("n4EYdIoE",))
+    api_get(id="7494645791")
+    assert len(services.lookup_bodies) == 0  # 65 images: built each time, never held
+    api_get(id="7494645792")
+    assert len(services.lookup_bodies) == 1

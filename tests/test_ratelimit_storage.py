@@ -60,3 +60,26 @@ def test_limits_hold_and_expired_entries_are_swept(monkeypatch):
     storage.sweep()
     assert not any(storage.events.values())
     assert strategy.hit(item, "client")
+
+
+def test_a_sweep_that_fails_does_not_end_the_sweeper(monkeypatch):
+    # limits' sweep reads keys a request thread may drop meanwhile: a KeyError there
+    # once ended the sweeper for good, and expired buckets then stayed forever.
+    monkeypatch.setattr(SweptMemoryStorage, "SWEEP_SECONDS", 0.01)
+    storage = SweptMemoryStorage()
+    sweeps = []
+
+    def flaky_sweep():
+        sweeps.append(len(sweeps))
+        if len(sweeps) == 1:
+            raise KeyError("k1")
+
+    storage.sweep = flaky_sweep
+    MovingWindowRateLimiter(storage).hit(parse("5 per 1 second"), "client")
+    deadline = threading.Event()
+    for _ in range(200):
+        if len(sweeps) >= 3:
+            break
+        deadline.wait(0.01)
+    assert len(sweeps) >= 3
+    assert "ratelimit-sweeper" in {thread.name for thread in threading.enumerate()}
