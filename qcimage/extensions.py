@@ -52,11 +52,10 @@ class SweptMemoryStorage(MemoryStorage):
     and each ``start()`` held the request that made it until the new thread had taken
     the GIL from the others. Counting is unchanged (it compares timestamps, not what was
     swept); expired entries are dropped every ``SWEEP_SECONDS`` instead of every 10 ms.
-    ``memory://`` in ``QCIMAGE_RATELIMIT_STORAGE_URI`` means this storage (``SCHEME``).
+    ``memory://`` in ``QCIMAGE_RATELIMIT_STORAGE_URI`` means this storage.
     """
 
     STORAGE_SCHEME = ["qcimage-memory"]
-    SCHEME = "qcimage-memory"
     SWEEP_SECONDS = 1.0
 
     def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options):
@@ -95,4 +94,5 @@ def _sweep(storage_ref: weakref.ref) -> None:
 def limiter_storage_uri(uri: str) -> str:
     """The storage Flask-Limiter is given for ``QCIMAGE_RATELIMIT_STORAGE_URI``."""
     scheme, sep, rest = uri.partition("://")
-    return f"{SweptMemoryStorage.SCHEME}://{rest}" if sep and scheme == "memory" else uri
+    swept = SweptMemoryStorage.STORAGE_SCHEME[0]
+    return f"{swept}://{rest}" if sep and scheme == "memory" else uri

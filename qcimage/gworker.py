@@ -18,7 +18,7 @@ it did not read. A connection that ends is closed by its thread, not the main lo
 
 A kept-alive connection's next request usually follows its response within a
 millisecond or two (nginx's upstream keep-alive, a client fetching a page's images).
-The thread that answered waits up to ``NEXT_REQUEST_WAIT`` for it, off the GIL, and
+The thread that answered waits up to ``NEXT_REQUEST_WAIT_MS`` for it, off the GIL, and
 serves it at once when its whole head is already there; otherwise the connection goes
 back to the main loop as before. Handing it back and forth cost each request a trip
 through the loop (a wake-up pipe, four epoll changes, a read, a queue hand-off) and two

@@ -10,13 +10,11 @@ from flask import Blueprint, Response, g, request
 from werkzeug.datastructures import ETags, MIMEAccept, MultiDict
 
 from .errors import APIError, error_response
-from .recent import Recent
 from .extensions import client_ip, limiter
 from .schemas import ImageQuerySchema, load_query
 from .services.imaging import RenderSpec
 from .services.pipeline import RenderJob
-from .services.signing import (IMAGE_PATH, SIGNED_PARAMS, URL_PARAMS, Signer,
-                               canonical_image_url)
+from .services.signing import IMAGE_PATH, SIGNED_PARAMS, URL_PARAMS, canonical_image_url
 from .tenants import Tenant
 from .services.takedown import TakenDown
 from .vocabulary import OUTPUT_FORMATS
@@ -25,8 +23,6 @@ from .wiring import Services, current_services
 bp = Blueprint("images", __name__)
 _query = ImageQuerySchema()
 _MAX_AGE = 86400
-# Queries that passed the checks that depend only on their bytes (see _checked_args).
-_CHECKED: Recent[dict] = Recent(4096)
 
 
 def _named_tenant() -> Tenant | None:
@@ -114,7 +110,7 @@ def prepare(services: Services, query: Callable[[], MultiDict], raw_path: str,
     ``query`` and ``accept`` are asked for only when needed: a query checked before
     (see ``_checked_args``) is not parsed again, and Accept decides only ``format=auto``.
     """
-    args = _checked_args(services.signer, query, raw_path, raw_query)
+    args = _checked_args(services, query, raw_path, raw_query)
     # Before the 304: a shared cache revalidating its copy must hear of the takedown.
     services.takedowns.check(args["url"])
     tenant = _signed_tenant(services, args["t"], referer)
@@ -128,17 +124,18 @@ def prepare(services: Services, query: Callable[[], MultiDict], raw_path: str,
                         caching_headers(args, etag, services.settings.cache.shared_cache_ttl))
 
 
-def _checked_args(signer: Signer, query: Callable[[], MultiDict], raw_path: str,
+def _checked_args(services: Services, query: Callable[[], MultiDict], raw_path: str,
                   raw_query: str) -> dict:
     """The query's values once the schema, the signature and the canonical form passed.
 
     Those three depend on nothing but the request's bytes (and the signer's keys), and a
     cache hit repeats them for the same URL thousands of times a second: a query that
-    passed is remembered (the last 4096, per signer, read-only), and only
+    passed is remembered (``Services.checked_image_queries``, read-only), and only
     its expiry is checked again. A query that failed is not: it is checked every time.
     """
-    key = (signer, raw_path, raw_query)
-    args = _CHECKED.get(key)
+    signer, checked = services.signer, services.checked_image_queries
+    key = (raw_path, raw_query)
+    args = checked.get(key)
     if args is not None:
         signer.check_current(args["expires"])
         return args
@@ -146,7 +143,7 @@ def _checked_args(signer: Signer, query: Callable[[], MultiDict], raw_path: str,
     args = load_query(_query, values)
     signer.verify({name: values.get(name) for name in SIGNED_PARAMS}, args["sig"])
     _require_canonical_url(values, raw_path, raw_query)
-    _CHECKED.put(key, args)
+    checked.put(key, args)
     return args
 
 

@@ -131,17 +131,17 @@ def answer(services: Services, tenant: Tenant, ask: LookupRequest, ids: list[str
                        f"product {ask.product} on {ask.platform} has no QC images")
     # A product listing thousands of ids must not make a look-up unbounded in time,
     # memory and bytes: the first max_product_images, in upstream order, and say so.
+    args = ask.args
     shown = tuple(ids[:services.settings.max_product_images])
-    width = ask.args["width"]
-    sizes = tuple(services.renderer.known_size(image_id, width) for image_id in shown)
+    truncated = len(ids) > len(shown)
+    sizes = tuple(services.renderer.known_size(image_id, args["width"]) for image_id in shown)
     expires = services.signer.expiry(tenant.defaults.link_ttl,
                                      services.settings.signed_url_bucket)
-    args = ask.args
-    key = (tenant.name, ask.product, ask.platform, width, args["quality"], args["format"],
-           shown, len(ids) > len(shown), sizes, expires)
+    key = (tenant.name, ask.product, ask.platform, args["width"], args["quality"],
+           args["format"], shown, truncated, sizes, expires)
     body = services.lookup_bodies.get(key)
     if body is None:
-        body = _body(services, tenant, ask, *key[6:])
+        body = _body(services, tenant, ask, shown, truncated, sizes, expires)
         if len(shown) <= MEMO_MAX_IMAGES:  # a big product's body is built each time
             services.lookup_bodies.put(key, body)
     headers = {"Cache-Control": "private, no-store"}

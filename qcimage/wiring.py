@@ -31,6 +31,8 @@ class Services:
     client: DoppelClient
     store: Store
     takedowns: TakedownList
+    # Image queries that passed their byte-only checks (images._checked_args).
+    checked_image_queries: Recent = field(default_factory=lambda: Recent(4096))
     # Look-ups checked and bodies built lately, by tenant name (products.prepare, .answer);
     # bodies of at most products.MEMO_MAX_IMAGES images, so 256 stay a few MB.
     prepared_lookups: Recent = field(default_factory=lambda: Recent(1024))

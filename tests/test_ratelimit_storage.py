@@ -81,5 +81,4 @@ def test_a_sweep_that_fails_does_not_end_the_sweeper(monkeypatch):
         if len(sweeps) >= 3:
             break
         deadline.wait(0.01)
-    assert len(sweeps) >= 3
-    assert "ratelimit-sweeper" in {thread.name for thread in threading.enumerate()}
+    assert len(sweeps) >= 3  # one sweeper ended at the first error would stop at 1

@@ -7,7 +7,6 @@ prefixes below, the only ones in that store.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,46 +58,15 @@ def _flight(store: Store, wait_timeout: float, lock_ttl: float = 5.0) -> Flight:
                   lock_ttl=lock_ttl, lock_prefix=_LOCK, failure_prefix=_FAILURE)
 
 
-class HotRenders:
+def hot_renders(max_bytes: int) -> Recent[Entry]:
     """The renders a worker stored or read last, in its memory, up to ``max_bytes``.
 
     A render never changes under its key (the key names every input), so a copy is never
-    stale; the oldest goes first when full. Every request is checked against the takedown
-    list before any cache is asked, and any change of the list this worker sees empties
-    it (so an image put back is rendered afresh, as the purged stores would). Reads take no
-    lock; one render bigger than an eighth of the budget is not kept (it would push out
-    many small ones).
+    stale. Every request is checked against the takedown list before any cache is asked,
+    and any change of the list this worker sees empties it (so an image put back is
+    rendered afresh, as the purged stores would).
     """
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._entries: dict[str, Entry] = {}
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Entry | None:
-        return self._entries.get(key)
-
-    def put(self, key: str, entry: Entry) -> None:
-        size = len(entry.data)
-        if size * 8 > self.max_bytes:
-            return
-        with self._lock:
-            if key in self._entries:
-                return
-            while self._entries and self._bytes + size > self.max_bytes:
-                self._bytes -= len(self._entries.pop(next(iter(self._entries))).data)
-            self._entries[key] = entry
-            self._bytes += size
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries = {}
-            self._bytes = 0
-
-    @property
-    def bytes(self) -> int:
-        return self._bytes
+    return Recent(max_weight=max_bytes, weigh=lambda entry: len(entry.data))
 
 
 class RenderCache:
@@ -109,7 +77,7 @@ class RenderCache:
                  hot_bytes: int = 0):
         self.store = store
         self.flight: Flight[Entry] = _flight(store, wait_timeout, lock_ttl)
-        self.hot = HotRenders(hot_bytes)
+        self.hot = hot_renders(hot_bytes)
 
     def get(self, key: str, *, tag: str | None = None) -> Entry | None:
         entry = self.hot.get(key)

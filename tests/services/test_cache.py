@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from qcimage.services.cache import Entry, HotRenders, LookupCache, RenderCache, SourceCache
+from qcimage.services.cache import Entry, LookupCache, RenderCache, SourceCache, hot_renders
 from qcimage.services.flight import FlightTimeout
 from qcimage.services.stores import DiskStore, RedisStore, TieredStore
 from tools import harness
@@ -235,15 +235,15 @@ def test_without_a_budget_every_hit_reads_the_store(store):
 
 
 def test_memory_for_renders_stays_within_its_budget_oldest_out_first():
-    hot = HotRenders(1000)
+    hot = hot_renders(1000)
     for n in range(20):
         hot.put(f"k{n}", Entry(bytes(100), "image/webp"))
-    assert hot.bytes <= 1000
+    assert hot.weight <= 1000
     assert hot.get("k19") is not None and hot.get("k0") is None
     hot.put("big", Entry(bytes(200), "image/webp"))  # over an eighth: not kept
     assert hot.get("big") is None
     hot.clear()
-    assert hot.bytes == 0 and hot.get("k19") is None
+    assert hot.weight == 0 and hot.get("k19") is None
 
 
 def test_a_worker_answers_a_fresh_lookup_without_reading_the_store_until_it_goes_stale(store):
